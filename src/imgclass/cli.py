@@ -1,0 +1,211 @@
+"""Command line: a thin layer that parses, calls the library and prints."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _parse_sets(items: list[str]) -> dict[str, dict]:
+    """``--set calibration.n_bins=20`` -> {'calibration': {'n_bins': 20}} (values parsed as Python literals)."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        probe, dot, param = key.partition(".")
+        if not sep or not dot:
+            raise ValueError(f"--set {item!r}: expected PROBE.PARAM=VALUE")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        out.setdefault(probe, {})[param] = value
+    return out
+
+
+def _cmd_eval(args) -> int:
+    from .evaluate import evaluate
+
+    probes = [p.strip() for p in args.probes.split(",") if p.strip()]
+    results = evaluate(
+        args.model, args.data, probes=probes, probe_params=_parse_sets(args.set), out=args.out,
+        batch_size=args.batch_size, workers=args.workers, device=args.device, limit=args.limit, seed=args.seed,
+        on_error=args.on_error, amp=args.amp, progress=not args.quiet, command=sys.argv,
+    )
+    if results["settings"]["world_size"] > 1 and not _is_main():
+        return EXIT_OK
+    _print_summary(results)
+    if args.out:
+        print(f"\nwrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.html'}")
+    return EXIT_OK
+
+
+def _is_main() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _print_summary(results: dict) -> None:
+    from .probes import PROBES
+
+    rows = []
+    for name, res in results["probes"].items():
+        rows += [(name, k, v) for k, v in PROBES[name]().summary(res)]
+    t = results.get("timing", {})
+    if t.get("images_per_second"):
+        rows.append(("timing", "images/s", f"{t['images_per_second']:.1f}"))
+    w1 = max([len(r[0]) for r in rows] + [5])
+    w2 = max([len(r[1]) for r in rows] + [6])
+    print(f"\n{results['model']['spec']}  on  {results['data']['spec']}")
+    print(f"{'probe':<{w1}}  {'metric':<{w2}}  value")
+    print(f"{'-' * w1}  {'-' * w2}  {'-' * 12}")
+    for a, b, c in rows:
+        print(f"{a:<{w1}}  {b:<{w2}}  {c}")
+    for w in results.get("warnings", []):
+        print(f"warning: {w}")
+    for s in results.get("skipped", [])[:20]:
+        print(f"skipped: {s['path']}: {s['reason']}")
+    if len(results.get("skipped", [])) > 20:
+        print(f"skipped: ... and {len(results['skipped']) - 20} more (see results.json)")
+
+
+def _cmd_models(args) -> int:
+    from .assets import asset_status, get_asset
+    from .models import MODEL_SOURCES, ZOO_MODELS
+
+    print("model sources:")
+    for e in MODEL_SOURCES.values():
+        print(f"  {e.help}")
+    print("\nregistered models (zoo:NAME):")
+    for name, z in sorted(ZOO_MODELS.items()):
+        status = ", ".join(sorted({asset_status(get_asset(a)) for a in z.assets})) or "-"
+        print(f"  zoo:{name:<32} [{status}] {z.help}")
+    print("\nany timm model: timm:NAME (e.g. timm:resnet50.a1_in1k); `python -c 'import timm; "
+          "print(timm.list_pretrained())'` lists them")
+    return EXIT_OK
+
+
+def _cmd_datasets(args) -> int:
+    from .assets import asset_status, get_asset
+    from .data import DATASET_SOURCES, ZOO_DATASETS
+
+    print("dataset sources:")
+    for e in DATASET_SOURCES.values():
+        print(f"  {e.help}")
+    print("\nregistered datasets (zoo:NAME:SPLIT):")
+    for name, z in sorted(ZOO_DATASETS.items()):
+        status = ", ".join(sorted({asset_status(get_asset(a)) for a in z.assets})) or "-"
+        print(f"  zoo:{name:<20} splits {'/'.join(z.splits):<11} [{status}] {z.help}")
+    return EXIT_OK
+
+
+def _cmd_probes(args) -> int:
+    import dataclasses
+
+    from .probes import PROBES
+
+    for name, cls in sorted(PROBES.items()):
+        params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Params))
+        print(f"{name:<14} {cls.description}\n{'':<14} parameters (--set {name}.PARAM=VALUE): {params or 'none'}")
+    return EXIT_OK
+
+
+def _cmd_assets(args) -> int:
+    from .assets import ASSETS, HOME_ENV, MIRROR_ENV, asset_status, fetch, home_dir, mirror_dir
+
+    if args.fetch:
+        for name in args.fetch:
+            print(f"{name}: {fetch(name)}")
+        return EXIT_OK
+    print(f"cache ({HOME_ENV}): {home_dir() / 'assets'}")
+    print(f"mirror ({MIRROR_ENV}): {mirror_dir() or '(not set)'}\n")
+    bad = 0
+    for name, a in sorted(ASSETS.items()):
+        status = asset_status(a)
+        if args.verify and status != "missing":
+            try:
+                fetch(name, download=False, progress=False)
+                status += ", verified"
+            except Exception as e:  # report every problem, continue with the rest
+                status += f", BAD: {e}"
+                bad += 1
+        print(f"{name:<38} {status:<10} {a.kind:<8} {a.license:<34} {a.url or 'derived copy of ' + str(a.source)}")
+    return EXIT_ERROR if bad else EXIT_OK
+
+
+def _cmd_report(args) -> int:
+    import json
+
+    from .report import render_report
+
+    results = json.loads(Path(args.results).read_text(encoding="utf-8"))
+    out = args.out or str(Path(args.results).with_name("report.html"))
+    render_report(results).write(out)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imgclass", description="Evaluate, explain, stress-test and train image classifiers.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("eval", help="run probes on a model and a dataset; write results.json and report.html")
+    e.add_argument("model", help="model spec, e.g. zoo:cifar10-resnet20, timm:resnet50.a1_in1k, onnx:net.onnx?...")
+    e.add_argument("data", help="dataset spec, e.g. zoo:cifar10-lossless:test, folder:DIR, tar:x.tar.gz")
+    e.add_argument("--probes", default="accuracy,calibration", help="comma-separated probe names (see `imgclass probes`)")
+    e.add_argument("--out", help="output folder for results.json and report.html")
+    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--workers", type=int, default=None, help="data loader processes (default: by CPU count)")
+    e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    e.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of this many samples")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--on-error", choices=["skip", "fail"], default="skip",
+                   help="unreadable images: skip and list them (default) or stop with an error")
+    e.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+    e.add_argument("--set", action="append", default=[], metavar="PROBE.PARAM=VALUE", help="probe parameter")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=_cmd_eval)
+
+    sub.add_parser("models", help="list model sources and registered models").set_defaults(func=_cmd_models)
+    sub.add_parser("datasets", help="list dataset sources and registered datasets").set_defaults(func=_cmd_datasets)
+    sub.add_parser("probes", help="list probes and their parameters").set_defaults(func=_cmd_probes)
+    a = sub.add_parser("assets", help="list registered assets and whether each is cached, mirrored or missing")
+    a.add_argument("--verify", action="store_true", help="also verify checksums of present files")
+    a.add_argument("--fetch", nargs="+", metavar="NAME", help="fetch these assets into the cache")
+    a.set_defaults(func=_cmd_assets)
+    r = sub.add_parser("report", help="re-render report.html from a results.json")
+    r.add_argument("results")
+    r.add_argument("--out")
+    r.set_defaults(func=_cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .assets import AssetError
+    from .data import DatasetSourceError
+    from .data.labels import LabelAlignmentError
+    from .engine import BadImageError
+    from .models import ModelLoadError
+    from .models.checkpoint import CheckpointError
+    from .specs import SpecError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BadImageError as e:
+        print(f"error: unreadable image {e.path}: {e.reason} (run with --on-error skip to list and skip such files)",
+              file=sys.stderr)
+        return EXIT_ERROR
+    except (SpecError, KeyError, ValueError, TypeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except (AssetError, DatasetSourceError, LabelAlignmentError, ModelLoadError, CheckpointError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,226 @@
+"""Dataset specs -> :class:`ImageDataset`. One resolver per scheme, registered by decorator."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..specs import Options, Spec, SpecError, parse_spec
+from .base import ArrayDataset, ImageDataset, Sample, SubsetDataset
+from .decode import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from .labels import LabelSpace, align_labels, imagenet_space, named_space
+from .sources import DatasetSourceError, FolderDataset, TarDataset, load_cifar10, load_digits, load_idx, load_npz
+
+__all__ = [
+    "ImageDataset",
+    "ArrayDataset",
+    "SubsetDataset",
+    "Sample",
+    "ImageError",
+    "LabelSpace",
+    "DatasetSourceError",
+    "load_dataset",
+    "DATASET_SOURCES",
+    "ZOO_DATASETS",
+    "register_dataset_source",
+    "register_zoo_dataset",
+    "align_labels",
+]
+
+DATASET_SOURCES: dict[str, "SourceEntry"] = {}
+ZOO_DATASETS: dict[str, "ZooDataset"] = {}
+
+
+@dataclass
+class SourceEntry:
+    scheme: str
+    build: Callable[[Spec, Options], ImageDataset]
+    help: str
+
+
+@dataclass
+class ZooDataset:
+    name: str
+    splits: tuple[str, ...]
+    build: Callable[[str, Options], ImageDataset]
+    help: str
+    assets: tuple[str, ...] = ()
+
+
+def register_dataset_source(scheme: str, help: str):
+    def deco(fn):
+        DATASET_SOURCES[scheme] = SourceEntry(scheme, fn, help)
+        return fn
+    return deco
+
+
+def register_zoo_dataset(name: str, *, splits: tuple[str, ...], help: str, assets: tuple[str, ...] = ()):
+    def deco(fn):
+        ZOO_DATASETS[name] = ZooDataset(name, splits, fn, help, assets)
+        return fn
+    return deco
+
+
+def _infer_scheme(body: str) -> str | None:
+    p = Path(body).expanduser()
+    name = p.name.lower()
+    if p.is_dir():
+        return "folder"
+    if name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+        return "tar"
+    if name.endswith(".npz"):
+        return "npz"
+    return None
+
+
+def load_dataset(spec: str | ImageDataset) -> ImageDataset:
+    """Resolve a dataset spec such as ``folder:DIR``, ``tar:x.tar.gz`` or ``zoo:cifar10-jpeg:test``."""
+    if isinstance(spec, ImageDataset):
+        return spec
+    s = parse_spec(spec, DATASET_SOURCES, infer=_infer_scheme)
+    opts = s.pop_options()
+    ds = DATASET_SOURCES[s.scheme].build(s, opts)
+    opts.finish()
+    ds.spec = s.text
+    return ds
+
+
+def _max_pixels(opts: Options) -> int:
+    return opts.int("max_pixels", DEFAULT_MAX_PIXELS)
+
+
+def _override_classes(ds: ImageDataset, opts: Options) -> ImageDataset:
+    c = opts.str("classes")
+    if c is not None:
+        space = named_space(c)
+        if len(space) != len(ds.classes):
+            raise SpecError(f"{ds.spec}: classes={c} has {len(space)} names but the data has {len(ds.classes)} classes")
+        ds.classes = space
+    return ds
+
+
+@register_dataset_source("folder", "folder:DIR - one sub-folder per class (ImageFolder), images at any depth")
+def _folder(s: Spec, opts: Options) -> ImageDataset:
+    return _override_classes(FolderDataset(s.target, spec=s.text, max_pixels=_max_pixels(opts)), opts)
+
+
+@register_dataset_source("tar", "tar:FILE[?root=DIR] - plain or compressed tarball laid out like a folder")
+def _tar(s: Spec, opts: Options) -> ImageDataset:
+    ds = TarDataset(s.target, root=opts.str("root"), spec=s.text, max_pixels=_max_pixels(opts))
+    return _override_classes(ds, opts)
+
+
+@register_dataset_source("npz", "npz:FILE - arrays 'images' (NHWC uint8), 'labels', optional 'class_names'")
+def _npz(s: Spec, opts: Options) -> ImageDataset:
+    return _override_classes(load_npz(s.target, spec=s.text), opts)
+
+
+@register_dataset_source("cifar10", "cifar10:DIR_OR_TARBALL[?split=test|train] - official CIFAR-10 python batches")
+def _cifar10(s: Spec, opts: Options) -> ImageDataset:
+    split = opts.str("split", "test")
+    ds = load_cifar10(s.target, split=split, spec=s.text)
+    if split == "test" and opts.bool("human_labels", True):
+        _attach_cifar10h(ds, np.arange(len(ds)), required=False)
+    return ds
+
+
+@register_dataset_source("idx", "idx:DIR[?split=test|train&classes=...] - MNIST/Fashion-MNIST IDX files, gzipped or not")
+def _idx(s: Spec, opts: Options) -> ImageDataset:
+    c = opts.str("classes")
+    return load_idx(s.target, split=opts.str("split", "test"), classes=named_space(c) if c else None, spec=s.text)
+
+
+@register_dataset_source("digits", "digits - scikit-learn's 8x8 handwritten digits (1,797 images)")
+def _digits(s: Spec, opts: Options) -> ImageDataset:
+    return load_digits(spec=s.text)
+
+
+@register_dataset_source("zoo", "zoo:NAME[:SPLIT] - a registered dataset (see `imgclass datasets`)")
+def _zoo(s: Spec, opts: Options) -> ImageDataset:
+    name, _, split = s.target.partition(":")
+    if name not in ZOO_DATASETS:
+        raise SpecError(f"unknown zoo dataset {name!r}; known: {', '.join(sorted(ZOO_DATASETS))}")
+    entry = ZOO_DATASETS[name]
+    split = split or entry.splits[0]
+    if split not in entry.splits:
+        raise SpecError(f"zoo:{name} has splits {', '.join(entry.splits)}, not {split!r}")
+    return entry.build(split, opts)
+
+
+# ---------------------------------------------------------------------------------------------
+# registered datasets (files resolve through the asset layer)
+
+def _attach_cifar10h(ds: ImageDataset, test_index: np.ndarray, *, required: bool) -> None:
+    from ..assets import AssetError, fetch
+
+    try:
+        probs = np.load(fetch("cifar10h-probs", download=required), allow_pickle=False)
+    except AssetError:
+        if required:
+            raise
+        return
+    ds.soft_labels = probs[np.asarray(test_index)].astype(np.float64)
+    ds.soft_label_source = "CIFAR-10H (Peterson et al. 2019)"
+
+
+@register_zoo_dataset("cifar10-jpeg", splits=("test", "train"), assets=("cifar10-jpeg-test", "cifar10-jpeg-train"),
+                      help="CIFAR-10 as JPEG (q~75): 10,000 test / 50,000 train images")
+def _zoo_cifar10_jpeg(split: str, opts: Options) -> ImageDataset:
+    from ..assets import fetch
+
+    return TarDataset(fetch(f"cifar10-jpeg-{split}"), spec=f"zoo:cifar10-jpeg:{split}", max_pixels=_max_pixels(opts))
+
+
+@register_zoo_dataset("cifar10-lossless", splits=("test", "train"),
+                      assets=("cifar10-lossless-test1000", "cifar10-lossless-train2000", "cifar10h-probs"),
+                      help="first 1,000 test / 2,000 train CIFAR-10 images, lossless; test carries CIFAR-10H soft labels")
+def _zoo_cifar10_lossless(split: str, opts: Options) -> ImageDataset:
+    from ..assets import fetch
+
+    asset = "cifar10-lossless-test1000" if split == "test" else "cifar10-lossless-train2000"
+    ds = load_npz(fetch(asset), spec=f"zoo:cifar10-lossless:{split}")
+    key = f"{split}_index"
+    ds._ids = [f"{split}/{int(i)}" for i in ds.extra[key]]
+    ds.classes = LabelSpace(ds.classes.names, None, True, "cifar10")
+    if split == "test" and opts.bool("human_labels", True):
+        _attach_cifar10h(ds, ds.extra[key], required=True)
+    return ds
+
+
+@register_zoo_dataset("cifar10", splits=("test", "train"), assets=("cifar10-python",),
+                      help="CIFAR-10, official python batches (downloaded from the Toronto site)")
+def _zoo_cifar10(split: str, opts: Options) -> ImageDataset:
+    from ..assets import fetch
+
+    ds = load_cifar10(fetch("cifar10-python"), split=split, spec=f"zoo:cifar10:{split}")
+    if split == "test" and opts.bool("human_labels", True):
+        _attach_cifar10h(ds, np.arange(len(ds)), required=False)
+    return ds
+
+
+@register_zoo_dataset("imagenet-samples", splits=("all",), assets=("imagenet-samples",),
+                      help="1,000 ImageNet images, one per class (not the validation set)")
+def _zoo_imagenet_samples(split: str, opts: Options) -> ImageDataset:
+    from ..assets import fetch
+
+    return TarDataset(fetch("imagenet-samples"), spec="zoo:imagenet-samples", max_pixels=_max_pixels(opts))
+
+
+@register_zoo_dataset("cue-conflict", splits=("all",), assets=("cue-conflict", "cue-conflict-imagenet-indices"),
+                      help="1,280 shape/texture cue-conflict stimuli of Geirhos et al. (16 shape classes)")
+def _zoo_cue_conflict(split: str, opts: Options) -> ImageDataset:
+    from ..assets import fetch
+
+    ds = TarDataset(fetch("cue-conflict"), spec="zoo:cue-conflict", max_pixels=_max_pixels(opts))
+    ds.classes = LabelSpace(ds.classes.names, None, True, "cue-conflict-16")
+    return ds
+
+
+def cue_conflict_imagenet_indices() -> dict[str, list[int]]:
+    from ..assets import fetch
+
+    return json.loads(fetch("cue-conflict-imagenet-indices").read_text())

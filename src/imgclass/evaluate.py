@@ -1,0 +1,132 @@
+"""``evaluate(model, data, probes=...)``: run probes, write results.json and report.html."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .data import ImageDataset, load_dataset
+from .engine import Engine
+from .models import Classifier, load_model
+from .probes import PROBES, ProbeContext, get_probe, to_jsonable
+
+__all__ = ["evaluate", "SCHEMA_VERSION", "write_json"]
+
+SCHEMA_VERSION = 1
+
+
+def _environment(engine: Engine) -> dict:
+    import timm
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+           "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
+    if engine.device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(engine.device)
+    return env
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, allow_nan=False)
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate(
+    model: str | Classifier,
+    data: str | ImageDataset,
+    *,
+    probes: Sequence[str] = ("accuracy", "calibration"),
+    probe_params: dict[str, dict[str, Any]] | None = None,
+    out: str | os.PathLike | None = None,
+    batch_size: int = 128,
+    workers: int | None = None,
+    device: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    on_error: str = "skip",
+    amp: bool = False,
+    progress: bool = True,
+    command: list[str] | None = None,
+) -> dict:
+    """Evaluate ``model`` on ``data`` with the named probes; return the results dict.
+
+    With ``out``, writes ``out/results.json`` and ``out/report.html`` (rank 0 only under torchrun).
+    ``limit`` evaluates a seeded random subset of that many samples (kept in dataset order).
+    """
+    probe_params = probe_params or {}
+    unknown = [p for p in probes if p not in PROBES]
+    if unknown:
+        raise KeyError(f"unknown probe(s) {', '.join(unknown)}; known probes: {', '.join(sorted(PROBES))}")
+    stray = set(probe_params) - set(probes)
+    if stray:
+        raise KeyError(f"parameters given for probe(s) not run: {', '.join(sorted(stray))}")
+    instances = {name: get_probe(name, **probe_params.get(name, {})) for name in probes}
+    torch.manual_seed(seed)
+    clf = load_model(model)
+    full = load_dataset(data)
+    ds = full
+    subset = None
+    if limit is not None and limit < len(full):
+        idx = np.sort(np.random.default_rng(seed).choice(len(full), size=limit, replace=False))
+        ds = full.subset(idx)
+        subset = {"limit": int(limit), "selection": f"seeded random subset (seed {seed}), dataset order"}
+    engine = Engine(clf, batch_size=batch_size, workers=workers, device=device, on_error=on_error, amp=amp,
+                    progress=progress)
+    alignment = engine.alignment(ds)
+    ctx = ProbeContext(clf, ds, engine, seed=seed)
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "imgclass_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "seed": seed,
+        "model": {"spec": clf.source, **clf.describe()},
+        "data": {**ds.describe(), **({"subset": subset, "n_samples_full": len(full)} if subset else {})},
+        "label_alignment": alignment.to_dict(),
+        "settings": engine.settings(),
+        "environment": _environment(engine),
+        "probe_params": {name: p.param_dict() for name, p in instances.items()},
+        "probes": {},
+        "timing": {},
+        "warnings": [],
+    }
+    if alignment.method == "index":
+        results["warnings"].append(
+            "Class names of the model or the data are unknown: classes were matched by index. "
+            "Name the model's classes with ?classes=... to have them matched by name."
+        )
+    for name, probe in instances.items():
+        t0 = time.perf_counter()
+        results["probes"][name] = to_jsonable(probe.run(ctx))
+        results["timing"][name] = time.perf_counter() - t0
+    pred = engine.predict(ds)
+    results["timing"]["inference_seconds"] = pred.seconds
+    results["timing"]["images_per_second"] = len(pred.labels) / pred.seconds if pred.seconds > 0 else None
+    if pred.skipped:
+        results["warnings"].append(f"{len(pred.skipped)} file(s) could not be read and were skipped "
+                                   "(listed under probes.accuracy.skipped when that probe runs).")
+        results["skipped"] = [{"path": s["path"] or s["id"], "reason": s["reason"]} for s in pred.skipped]
+    results = to_jsonable(results)
+    if out is not None and engine.dist.is_main:
+        from .report import render_report
+
+        out = Path(out)
+        write_json(results, out / "results.json")
+        render_report(results).write(out / "report.html")
+    return results

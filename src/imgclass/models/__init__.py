@@ -1,0 +1,146 @@
+"""Model specs -> :class:`Classifier`. One resolver per scheme, registered by decorator.
+
+Schemes: ``timm:NAME``, ``zoo:NAME``, ``file:CKPT``, ``onnx:FILE``, ``tflite:FILE``, ``py:FILE.py:FUNCTION``.
+Options after ``?`` set or override the input contract: ``mean``, ``std``, ``scale`` (raw pixel range,
+e.g. 255), ``size``, ``crop_pct``, ``interpolation``, ``layout`` (nchw/nhwc) and ``classes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from ..data.labels import LabelSpace, named_space
+from ..specs import Options, Spec, SpecError, parse_spec
+from .classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, ModelConfig
+
+__all__ = [
+    "Classifier",
+    "ModelConfig",
+    "load_model",
+    "MODEL_SOURCES",
+    "ZOO_MODELS",
+    "register_model_source",
+    "register_zoo_model",
+    "apply_contract_options",
+    "ModelLoadError",
+]
+
+
+class ModelLoadError(RuntimeError):
+    """A model cannot be built or its weights cannot be loaded."""
+
+
+@dataclass
+class SourceEntry:
+    scheme: str
+    build: Callable[[Spec, Options], Classifier]
+    help: str
+
+
+@dataclass
+class ZooModel:
+    name: str
+    build: Callable[[Options], Classifier]
+    help: str
+    assets: tuple[str, ...] = ()
+
+
+MODEL_SOURCES: dict[str, SourceEntry] = {}
+ZOO_MODELS: dict[str, ZooModel] = {}
+
+
+def register_model_source(scheme: str, help: str):
+    def deco(fn):
+        MODEL_SOURCES[scheme] = SourceEntry(scheme, fn, help)
+        return fn
+    return deco
+
+
+def register_zoo_model(name: str, *, help: str, assets: tuple[str, ...] = ()):
+    def deco(fn):
+        ZOO_MODELS[name] = ZooModel(name, fn, help, assets)
+        return fn
+    return deco
+
+
+def _infer_scheme(body: str) -> str | None:
+    name = body.lower()
+    if name.endswith(".onnx"):
+        return "onnx"
+    if name.endswith(".tflite"):
+        return "tflite"
+    if name.endswith((".safetensors", ".pt", ".pth", ".th", ".bin", ".ckpt")):
+        return "file"
+    return None
+
+
+def load_model(spec: str | Classifier, *, device: str | None = None) -> Classifier:
+    """Resolve a model spec (``timm:resnet50.a1_in1k``, ``zoo:cifar10-resnet20``, ``onnx:net.onnx?...``)."""
+    if isinstance(spec, Classifier):
+        clf = spec
+    else:
+        s = parse_spec(spec, MODEL_SOURCES, infer=_infer_scheme)
+        opts = s.pop_options()
+        clf = MODEL_SOURCES[s.scheme].build(s, opts)
+        opts.finish()
+        clf.source = s.text
+    clf.eval()
+    if device is not None:
+        clf.to(device)
+    return clf
+
+
+def apply_contract_options(config: ModelConfig, labels: LabelSpace, opts: Options) -> tuple[ModelConfig, LabelSpace]:
+    """Spec options that override a model's input contract and label space."""
+    c = config.input_size[0]
+    size = opts.str("size")
+    input_size = None
+    if size is not None:
+        try:
+            vals = [int(v) for v in size.split(",")]
+        except ValueError:
+            raise SpecError(f"{opts.spec.text}: size={size!r} must be N, H,W or C,H,W") from None
+        input_size = {1: (c, vals[0], vals[0]), 2: (c, *vals), 3: tuple(vals)}.get(len(vals))
+        if input_size is None:
+            raise SpecError(f"{opts.spec.text}: size={size!r} must be N, H,W or C,H,W")
+        c = input_size[0]
+    mean, std = opts.floats("mean", c), opts.floats("std", c)
+    scale = opts.float("scale")
+    if scale is not None:
+        if mean is not None or std is not None:
+            raise SpecError(f"{opts.spec.text}: give either scale or mean/std, not both")
+        mean, std = (0.0,) * c, (1.0 / scale,) * c
+    config = config.replace(input_size=input_size, mean=mean, std=std, crop_pct=opts.float("crop_pct"),
+                            interpolation=opts.str("interpolation"), layout=opts.str("layout"))
+    classes = opts.str("classes")
+    if classes is not None:
+        labels = named_space(classes)
+    return config, labels
+
+
+def _check_outputs(clf: Classifier) -> Classifier:
+    """Run one tiny forward to check the output width against the label space."""
+    import torch
+
+    c, h, w = clf.config.input_size
+    with torch.no_grad():
+        out = clf.eval()(torch.full((1, c, h, w), 0.5))
+    if out.dim() != 2:
+        raise ModelLoadError(f"{clf.source}: the model returns shape {tuple(out.shape)}, not (N, classes) logits")
+    k = out.shape[1]
+    if not clf.labels.known and len(clf.labels) != k:
+        clf.labels = LabelSpace.anonymous(k)
+    elif len(clf.labels) != k:
+        raise ModelLoadError(
+            f"{clf.source}: the model has {k} outputs but its label space ({clf.labels.tag or 'given classes'}) "
+            f"has {len(clf.labels)} names; pass ?classes=... with {k} names"
+        )
+    return clf
+
+
+# the source modules register themselves
+from . import sources as _sources  # noqa: E402,F401

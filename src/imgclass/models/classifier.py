@@ -1,0 +1,199 @@
+"""The Classifier contract: float RGB NCHW pixels in [0, 1] in, logits out; normalization inside."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from torch import nn
+
+from ..data.labels import LabelSpace
+
+__all__ = ["ModelConfig", "Classifier", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a model expects of its input, in the spirit of timm's ``PretrainedCfg``.
+
+    ``mean``/``std`` are in pixel units of [0, 1] (a raw 0..255 model has mean 0, std 1/255).
+    Evaluation resizes the short side to ``input_size / crop_pct`` with ``interpolation`` and
+    centre-crops ``input_size`` (timm's eval transform); a crop_pct of 1 on an image of the
+    input size leaves it untouched. ``layout='nhwc'`` feeds the wrapped module channels-last.
+    """
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    layout: str = "nchw"
+
+    def __post_init__(self):
+        if self.layout not in {"nchw", "nhwc"}:
+            raise ValueError(f"layout must be 'nchw' or 'nhwc', got {self.layout!r}")
+        if len(self.mean) != self.input_size[0] or len(self.std) != self.input_size[0]:
+            raise ValueError(f"mean/std need {self.input_size[0]} values, got {self.mean} / {self.std}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct must lie in (0, 1], got {self.crop_pct}")
+
+    def replace(self, **kw) -> "ModelConfig":
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        keep = {k: d[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation", "layout") if k in d}
+        for k in ("input_size", "mean", "std"):
+            if k in keep:
+                keep[k] = tuple(keep[k])
+        return cls(**keep)
+
+
+class Classifier(nn.Module):
+    """Wraps any module that maps (normalized) images to logits.
+
+    ``classifier(x)`` takes float ``(N, 3, H, W)`` pixels in [0, 1] and returns ``(N, K)`` logits in
+    the order of ``labels``. ``features(x)`` returns pre-logit features. ``cam_layer`` names the
+    module whose activations CAM methods should use.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        labels: LabelSpace,
+        config: ModelConfig,
+        source: str,
+        arch: str | None = None,
+        info: dict | None = None,
+        cam_layer: str | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.labels = labels
+        self.config = config
+        self.source = source
+        self.arch = arch
+        self.info = dict(info or {})
+        self._cam_layer = cam_layer
+        c = config.input_size[0]
+        self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+        self._head: nn.Module | None = None
+
+    # -- the contract -----------------------------------------------------------------------
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        return x.permute(0, 2, 3, 1) if self.config.layout == "nhwc" else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.config.input_size[0]:
+            raise ValueError(
+                f"{self.source}: expected (N, {self.config.input_size[0]}, H, W) pixels in [0, 1], got {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"{self.source}: expected float pixels in [0, 1], got {x.dtype} (divide uint8 by 255)")
+        out = self.model(self.normalize(x))
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.labels.names)
+
+    @property
+    def wnids(self) -> list[str | None] | None:
+        return None if self.labels.wnids is None else list(self.labels.wnids)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return self.config.input_size
+
+    # -- features and CAM layer ---------------------------------------------------------------
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-logit features: timm's ``forward_head(pre_logits=True)`` where the model has it,
+        else the input of the layer that produces the logits (found by tracing one forward)."""
+        xn = self.normalize(x)
+        m = self.model
+        if hasattr(m, "forward_features") and hasattr(m, "forward_head"):
+            return m.forward_head(m.forward_features(xn), pre_logits=True)
+        head = self._logit_layer()
+        captured = {}
+
+        def hook(_mod, inp, _out):
+            captured["x"] = inp[0]
+
+        h = head.register_forward_hook(hook)
+        try:
+            m(xn)
+        finally:
+            h.remove()
+        return captured["x"].flatten(1)
+
+    def _trace_leaves(self) -> list[tuple[str, nn.Module, tuple]]:
+        """Leaf modules in execution order with their output shapes, from one forward pass."""
+        order: list[tuple[str, nn.Module, tuple]] = []
+        hooks = []
+        for name, mod in self.model.named_modules():
+            if len(list(mod.children())) == 0:
+                hooks.append(mod.register_forward_hook(
+                    lambda mod, i, o, name=name: order.append((name, mod, tuple(o.shape) if torch.is_tensor(o) else ()))
+                ))
+        try:
+            p = next(self.model.parameters(), None)
+            dev = p.device if p is not None else torch.device("cpu")
+            c, h, w = self.config.input_size
+            with torch.no_grad():
+                self.forward(torch.full((2, c, h, w), 0.5, device=dev))
+        finally:
+            for hk in hooks:
+                hk.remove()
+        return order
+
+    def _logit_layer(self) -> nn.Module:
+        if self._head is None:
+            k = self.num_classes
+            cands = [mod for _, mod, shape in self._trace_leaves()
+                     if len(shape) == 2 and shape[1] == k and any(True for _ in mod.parameters())]
+            if not cands:
+                raise RuntimeError(f"{self.source}: cannot find the layer that produces the logits")
+            self._head = cands[-1]
+        return self._head
+
+    @property
+    def cam_layer(self) -> str:
+        """Name (in ``self.model``) of the last module with a spatial (N, C, H, W) output, H, W > 1."""
+        if self._cam_layer is None:
+            cands = [name for name, _, shape in self._trace_leaves() if len(shape) == 4 and shape[2] > 1 and shape[3] > 1]
+            if not cands:
+                raise RuntimeError(f"{self.source}: no layer with a spatial output; give the CAM layer by name")
+            self._cam_layer = cands[-1]
+        return self._cam_layer
+
+    def describe(self) -> dict:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return {
+            "source": self.source,
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "labels": self.labels.tag or ("named" if self.labels.known else "unnamed (index order)"),
+            "config": self.config.to_dict(),
+            "n_parameters": n_params,
+            **({"info": self.info} if self.info else {}),
+        }

@@ -1,0 +1,103 @@
+"""The probe protocol: ``run(ctx) -> result dict`` and ``render(result, section)``; a registry by decorator."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..data.base import ImageDataset
+from ..engine import Engine, Predictions
+from ..models.classifier import Classifier
+
+__all__ = ["Probe", "ProbeContext", "PROBES", "register_probe", "get_probe", "to_jsonable"]
+
+PROBES: dict[str, type["Probe"]] = {}
+
+
+def register_probe(cls: type["Probe"]) -> type["Probe"]:
+    if not getattr(cls, "name", None):
+        raise TypeError(f"{cls.__name__} needs a 'name'")
+    PROBES[cls.name] = cls
+    return cls
+
+
+def get_probe(name: str, **params: Any) -> "Probe":
+    if name not in PROBES:
+        raise KeyError(f"unknown probe {name!r}; known probes: {', '.join(sorted(PROBES))}")
+    return PROBES[name](**params)
+
+
+@dataclass
+class ProbeContext:
+    """What a probe may use: the model, the data, the batched engine, the seed."""
+
+    classifier: Classifier
+    dataset: ImageDataset
+    engine: Engine
+    seed: int = 0
+    shared: dict = field(default_factory=dict)
+
+    def predictions(self) -> Predictions:
+        return self.engine.predict(self.dataset)
+
+    def generator(self, salt: str) -> np.random.Generator:
+        """A numpy generator that depends only on the run seed and the probe's own salt."""
+        import zlib
+
+        return np.random.default_rng([self.seed, zlib.crc32(salt.encode())])
+
+
+class Probe:
+    """Base class: subclasses set ``name``, ``title``, a ``Params`` dataclass, and implement ``run``/``render``."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    @dataclass
+    class Params:
+        pass
+
+    def __init__(self, **params: Any):
+        fields = {f.name for f in dataclasses.fields(self.Params)}
+        unknown = set(params) - fields
+        if unknown:
+            raise TypeError(f"probe {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}; "
+                            f"parameters: {', '.join(sorted(fields)) or 'none'}")
+        self.params = self.Params(**params)
+
+    def param_dict(self) -> dict:
+        return to_jsonable(dataclasses.asdict(self.params))
+
+    def run(self, ctx: ProbeContext) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def render(self, result: dict, section) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def summary(self, result: dict) -> list[tuple[str, str]]:
+        """(label, value) pairs for the CLI table and the report summary."""
+        return []
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Tensors, numpy values and dataclasses to plain JSON types (floats keep full precision)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
