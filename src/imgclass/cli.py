@@ -202,10 +202,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unreadable image {e.path}: {e.reason} (run with --on-error skip to list and skip such files)",
               file=sys.stderr)
         return EXIT_ERROR
+    except (AssetError, DatasetSourceError, LabelAlignmentError, ModelLoadError, CheckpointError, OSError) as e:
+        _debug()
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
     except (SpecError, KeyError, ValueError, TypeError) as e:
+        _debug()
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         return EXIT_USAGE
-    except (AssetError, DatasetSourceError, LabelAlignmentError, ModelLoadError, CheckpointError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+
+
+def _debug() -> None:
+    """With IMGCLASS_DEBUG=1 set, show the traceback behind a one-line error."""
+    import os
+    import traceback
+
+    if os.environ.get("IMGCLASS_DEBUG"):
+        traceback.print_exc()

@@ -146,14 +146,18 @@ class Classifier(nn.Module):
             h.remove()
         return captured["x"].flatten(1)
 
-    def _trace_leaves(self) -> list[tuple[str, nn.Module, tuple]]:
-        """Leaf modules in execution order with their output shapes, from one forward pass."""
-        order: list[tuple[str, nn.Module, tuple]] = []
+    def _trace_leaves(self) -> list[tuple[str, nn.Module, tuple, tuple]]:
+        """Leaf modules in execution order with their (first) input and output shapes, from one forward pass."""
+        order: list[tuple[str, nn.Module, tuple, tuple]] = []
         hooks = []
+
+        def shape(t) -> tuple:
+            return tuple(t.shape) if torch.is_tensor(t) else ()
+
         for name, mod in self.model.named_modules():
             if len(list(mod.children())) == 0:
                 hooks.append(mod.register_forward_hook(
-                    lambda mod, i, o, name=name: order.append((name, mod, tuple(o.shape) if torch.is_tensor(o) else ()))
+                    lambda mod, i, o, name=name: order.append((name, mod, shape(i[0]) if i else (), shape(o)))
                 ))
         try:
             p = next(self.model.parameters(), None)
@@ -167,10 +171,11 @@ class Classifier(nn.Module):
         return order
 
     def _logit_layer(self) -> nn.Module:
+        """The last module that maps something else to (N, classes): a Linear, an ONNX MatMul/Gemm..."""
         if self._head is None:
             k = self.num_classes
-            cands = [mod for _, mod, shape in self._trace_leaves()
-                     if len(shape) == 2 and shape[1] == k and any(True for _ in mod.parameters())]
+            cands = [mod for _, mod, shape_in, shape_out in self._trace_leaves()
+                     if len(shape_out) == 2 and shape_out[1] == k and shape_in != shape_out]
             if not cands:
                 raise RuntimeError(f"{self.source}: cannot find the layer that produces the logits")
             self._head = cands[-1]
@@ -180,7 +185,8 @@ class Classifier(nn.Module):
     def cam_layer(self) -> str:
         """Name (in ``self.model``) of the last module with a spatial (N, C, H, W) output, H, W > 1."""
         if self._cam_layer is None:
-            cands = [name for name, _, shape in self._trace_leaves() if len(shape) == 4 and shape[2] > 1 and shape[3] > 1]
+            cands = [name for name, _, _, shape in self._trace_leaves()
+                     if len(shape) == 4 and shape[2] > 1 and shape[3] > 1]
             if not cands:
                 raise RuntimeError(f"{self.source}: no layer with a spatial output; give the CAM layer by name")
             self._cam_layer = cands[-1]

@@ -151,7 +151,7 @@ def _tflite(s: Spec, opts: Options) -> Classifier:
                             source=s.text)
     config, labels = apply_contract_options(clf.config, clf.labels, opts)
     if labels is clf.labels and not labels.known:
-        labels = _labels_beside(path, clf.num_classes_hint) or labels
+        labels = _labels_beside(path, clf.num_classes) or labels
     clf.config, clf.labels = config, labels
     clf.mean.copy_(_t(config.mean))
     clf.std.copy_(_t(config.std))

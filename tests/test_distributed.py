@@ -1,0 +1,46 @@
+"""torchrun with 2 processes (gloo on CPU) gives exactly the figures of one process: every sample once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, mirror_file
+from helpers import rgb_image, save_png, write_bad_files
+
+
+def _eval(args: list[str], out, nproc: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
+        if nproc > 1 else [sys.executable]
+    cmd = launcher + ["-m", "imgclass", "eval", *args, "--out", str(out), "--quiet", "--workers", "0"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("case", ["mirror", "folder-with-bad-files"])
+def test_torchrun_two_processes_equal_one(tmp_path, case):
+    if case == "mirror":
+        mirror_file("cifar10-lossless/test-first1000.npz")
+        args = ["zoo:cifar10-resnet20", "zoo:cifar10-lossless:test", "--limit", "700", "--batch-size", "64"]
+    else:
+        root = tmp_path / "data"
+        for ci, cls in enumerate(["cat", "dog", "ship"]):
+            for j in range(7):
+                save_png(rgb_image(ci * 10 + j), root / cls / f"{j}.png")
+        write_bad_files(root / "dog")
+        args = ["zoo:cifar10-resnet20", f"folder:{root}", "--batch-size", "4"]
+    one = _eval(args, tmp_path / "one", 1)
+    two = _eval(args, tmp_path / "two", 2)
+    assert two["settings"]["world_size"] == 2 and one["settings"]["world_size"] == 1
+    assert one["probes"] == two["probes"]
+    n = one["probes"]["accuracy"]["n_evaluated"]
+    assert n == (700 if case == "mirror" else 21)
+    if case != "mirror":
+        assert one["probes"]["accuracy"]["n_skipped"] == 4
