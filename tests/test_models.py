@@ -198,3 +198,27 @@ def test_unknown_model_scheme_and_options():
         load_model("timm:resnet18?pretrained=false&colour=red")
     with pytest.raises(SpecError, match="known: .*cifar10-resnet20"):
         load_model("zoo:resnet9000")
+
+
+@pytest.mark.slow
+def test_coral_mobilenet_v2_rebuild_on_imagenet_samples_agrees_with_tflite_runtime():
+    """References: the TFLite runtime (ai-edge-litert) on the same preprocessed pixels (>= 97 % equal top-1
+    decisions), and the issue's ~84 % top-1 on the 1,000 ImageNet samples (measured here: 87.8 % with the
+    standard 87.5 % centre crop, 85.7 % without a crop). The 1001-way output aligns to the 1000 wnid folders."""
+    mirror_file("imagenet/imagenet-samples.tar")
+    mirror_file("models/coral-mobilenet-tflite/mobilenet_v2_1.0_224_quant.tflite")
+    from imgclass import load_dataset
+    from imgclass.engine import Engine
+
+    ds = load_dataset("zoo:imagenet-samples")
+    preds = {}
+    for mode in ("", "?runtime=true"):
+        clf = load_model(f"zoo:coral-mobilenet-v2-1.0-224{mode}")
+        p = Engine(clf, batch_size=100, progress=False).predict(ds)
+        assert len(p.labels) == 1000
+        preds[mode] = p
+    rebuilt, runtime = preds[""], preds["?runtime=true"]
+    top1 = (rebuilt.logits.argmax(1) == rebuilt.labels).double().mean().item()
+    agree = (rebuilt.logits.argmax(1) == runtime.logits.argmax(1)).double().mean().item()
+    assert agree >= 0.97, agree
+    assert 0.82 <= top1 <= 0.90, top1

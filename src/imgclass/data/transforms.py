@@ -58,7 +58,7 @@ class EvalTransform:
         if (nh, nw) != (h, w):
             pil = Image.fromarray(img.permute(1, 2, 0).numpy())
             pil = pil.resize((nw, nh), _PIL_INTERP[self.interpolation])
-            img = torch.from_numpy(np.asarray(pil)).permute(2, 0, 1)
+            img = torch.from_numpy(np.array(pil)).permute(2, 0, 1)
         top = int(round((nh - th) / 2.0))
         left = int(round((nw - tw) / 2.0))
         if top < 0 or left < 0:

@@ -97,5 +97,8 @@ def reliability_diagram(rel: dict, ece: float):
     ax.legend(loc="upper left", fontsize=8)
     ax2.bar(centers, cnt_b, width=width, color="#888", edgecolor="k")
     ax2.set_xlabel("confidence")
-    ax2.set_ylabel("samples")
+    ax2.set_ylabel("samples (log)")
+    if cnt_b.max() > 0:
+        ax2.set_yscale("log")
+        ax2.set_ylim(0.8, cnt_b.max() * 1.5)
     return fig
