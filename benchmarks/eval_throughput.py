@@ -37,13 +37,11 @@ def extract(asset: str, dest: Path) -> Path:
     return roots[0] if len(roots) == 1 else dest
 
 
-def timm_pipeline(clf, folder: Path, batch_size: int, workers: int, limit: int | None) -> float:
+def timm_pipeline(clf, folder: Path, batch_size: int, workers: int) -> float:
     from timm.data import create_dataset, create_loader
 
     cfg = clf.config
     ds = create_dataset("", root=str(folder), split="")
-    if limit:
-        ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
     loader = create_loader(ds, input_size=cfg.input_size, batch_size=batch_size, use_prefetcher=False,
                            interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std, num_workers=workers,
                            crop_pct=cfg.crop_pct, device=torch.device("cpu"))
@@ -57,10 +55,8 @@ def timm_pipeline(clf, folder: Path, batch_size: int, workers: int, limit: int |
     return n / (time.perf_counter() - t0)
 
 
-def imgclass_pipeline(clf, folder: Path, batch_size: int, workers: int, limit: int | None) -> float:
+def imgclass_pipeline(clf, folder: Path, batch_size: int, workers: int) -> float:
     ds = load_dataset(f"folder:{folder}")
-    if limit:
-        ds = ds.subset(range(min(limit, len(ds))))
     engine = Engine(clf, batch_size=batch_size, workers=workers, device="cpu", progress=False)
     t0 = time.perf_counter()
     p = engine.predict(ds)
@@ -68,9 +64,9 @@ def imgclass_pipeline(clf, folder: Path, batch_size: int, workers: int, limit: i
 
 
 CASES = {
-    # name: (model spec, asset holding an ImageFolder tarball, images used)
-    "imagenet": ("timm:resnet18?pretrained=false", "imagenet-samples", 512),
-    "cifar": ("zoo:cifar10-resnet20", "cifar10-jpeg-test", 5000),
+    # name: (model spec, asset holding an ImageFolder tarball)
+    "imagenet": ("timm:resnet18?pretrained=false", "imagenet-samples"),  # 1,000 images, 224 px
+    "cifar": ("zoo:cifar10-resnet20", "cifar10-jpeg-test"),  # 10,000 images, 32 px
 }
 
 
@@ -86,13 +82,13 @@ def main() -> None:
           f"batch {args.batch_size}, workers {args.workers}")
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases:
-            spec, asset, limit = CASES[case]
+            spec, asset = CASES[case]
             folder = extract(asset, Path(tmp) / case)
             clf = load_model(spec)
             ours, theirs = [], []
             for _ in range(args.repeats):
-                theirs.append(timm_pipeline(clf, folder, args.batch_size, args.workers, limit))
-                ours.append(imgclass_pipeline(clf, folder, args.batch_size, args.workers, limit))
+                theirs.append(timm_pipeline(clf, folder, args.batch_size, args.workers))
+                ours.append(imgclass_pipeline(clf, folder, args.batch_size, args.workers))
             a, b = statistics.median(ours), statistics.median(theirs)
             print(f"{case:<9} {spec:<32} imgclass {a:8.1f} img/s   timm {b:8.1f} img/s   ratio {a / b:5.2f}x "
                   f"(runs: imgclass {[round(v) for v in ours]}, timm {[round(v) for v in theirs]})")

@@ -62,8 +62,8 @@ class _Collate:
     def __call__(self, samples: list[Sample]):
         ok = [s for s in samples if s.image is not None]
         bad = [(s.index, s.path, s.error) for s in samples if s.image is None]
-        if ok:
-            images = torch.stack([s.image for s in ok])
+        if ok:  # stacked as NHWC (the decoders' layout, one copy), handed on as an NCHW channels-last view
+            images = torch.stack([s.image.permute(1, 2, 0) for s in ok]).permute(0, 3, 1, 2)
         else:
             images = torch.empty(0, dtype=torch.uint8)
         labels = torch.tensor([s.label for s in ok], dtype=torch.long)
@@ -195,12 +195,12 @@ class Engine:
                     batch = Batch(images.to(self.device, non_blocking=True), labels.to(self.device), indices)
                     with ctx:
                         res = fn(batch)
-                    for k, v in res.items():
-                        outs.setdefault(k, []).append(v.detach().cpu())
+                    for k, v in res.items():  # kept on the device: no per-batch synchronisation
+                        outs.setdefault(k, []).append(v.detach())
                     idx_parts.append(indices)
                 bar.update(len(indices) + len(bad))
         seconds = time.perf_counter() - t0
-        local = ({k: torch.cat(v) for k, v in outs.items()},
+        local = ({k: torch.cat(v).cpu() for k, v in outs.items()},
                  torch.cat(idx_parts) if idx_parts else torch.empty(0, dtype=torch.long), skipped, seconds)
         parts = all_gather_objects(local, self.dist)
         idx = torch.cat([p[1] for p in parts])

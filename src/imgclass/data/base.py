@@ -20,7 +20,7 @@ class Sample:
 
     index: int
     label: int
-    image: torch.Tensor | None  # (3, H, W) uint8
+    image: torch.Tensor | None  # (3, H, W) uint8, often a view of HWC memory
     error: str | None = None
     path: str | None = None
 
@@ -141,4 +141,4 @@ class ArrayDataset(ImageDataset):
             rgb = img[..., :3].astype(np.float32)
             a = img[..., 3:4].astype(np.float32) / 255.0
             img = np.rint(rgb * a + 255.0 * (1 - a)).astype(np.uint8)
-        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(img.copy()).permute(2, 0, 1)  # own memory, (3, H, W) view of HWC

@@ -46,7 +46,8 @@ def _member_name(m: tarfile.TarInfo) -> str:
 
 
 def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+    # a (3, H, W) view of the HWC array: no transposing copy here; batches are stacked channels-last
+    return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
 class _FileDataset(ImageDataset):

@@ -56,14 +56,14 @@ class EvalTransform:
         else:
             nh, nw = (math.floor(th / self.crop_pct), math.floor(tw / self.crop_pct))
         if (nh, nw) != (h, w):
-            pil = Image.fromarray(img.permute(1, 2, 0).numpy())
+            pil = Image.fromarray(np.ascontiguousarray(img.permute(1, 2, 0).numpy()))
             pil = pil.resize((nw, nh), _PIL_INTERP[self.interpolation])
             img = torch.from_numpy(np.array(pil)).permute(2, 0, 1)
         top = int(round((nh - th) / 2.0))
         left = int(round((nw - tw) / 2.0))
         if top < 0 or left < 0:
             raise ValueError(f"cannot crop {th}x{tw} from a {nh}x{nw} image")
-        return img[:, top:top + th, left:left + tw].contiguous()
+        return img[:, top:top + th, left:left + tw]
 
     def to_dict(self) -> dict:
         return {"size": list(self.size), "crop_pct": self.crop_pct, "interpolation": self.interpolation,
