@@ -13,7 +13,7 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from .data.transforms import EvalTransform
 from .distributed import DistInfo, all_gather_objects, init_distributed
 from .models.classifier import Classifier
 
-__all__ = ["Engine", "Batch", "Predictions", "BadImageError"]
+__all__ = ["Engine", "Batch", "MapResult", "Predictions", "BadImageError"]
 
 
 class BadImageError(RuntimeError):
@@ -43,6 +43,15 @@ class Batch:
     indices: torch.Tensor  # (B,) int64 dataset indices, on the CPU
 
 
+class MapResult(NamedTuple):
+    """Per-sample outputs of ``Engine.map`` in dataset order, with the indices they belong to."""
+
+    outputs: dict[str, torch.Tensor]
+    indices: np.ndarray
+    skipped: list[dict]
+    seconds: float
+
+
 @dataclass
 class Predictions:
     """Logits of every readable sample, in dataset order, in the *dataset's* label space."""
@@ -52,10 +61,6 @@ class Predictions:
     indices: np.ndarray  # (N,) dataset indices
     skipped: list[dict] = field(default_factory=list)  # {index, id, path, reason}
     seconds: float = 0.0
-
-    @property
-    def probs(self) -> torch.Tensor:
-        return torch.softmax(self.logits.double(), dim=1)
 
 
 class _Collate:
@@ -158,7 +163,7 @@ class Engine:
         desc: str = "evaluating",
         grad: bool = False,
         key: str | None = None,
-    ) -> tuple[dict[str, torch.Tensor], np.ndarray, list[dict], float]:
+    ) -> MapResult:
         """Apply ``fn`` to every batch; return its per-sample outputs concatenated in dataset order,
         the dataset indices they belong to, the skipped files, and the wall time.
 
@@ -208,7 +213,7 @@ class Engine:
         keys = parts[0][0].keys() if parts[0][0] else next((p[0].keys() for p in parts if p[0]), [])
         merged = {k: torch.cat([p[0][k] for p in parts if k in p[0]])[order] for k in keys}
         all_skipped = sorted((s for p in parts for s in p[2]), key=lambda s: s["index"])
-        result = (merged, idx[order].numpy(), all_skipped, max(p[3] for p in parts))
+        result = MapResult(merged, idx[order].numpy(), all_skipped, max(p[3] for p in parts))
         if key is not None:
             self._cache[key] = result
         return result

@@ -122,6 +122,12 @@ def apply_contract_options(config: ModelConfig, labels: LabelSpace, opts: Option
     return config, labels
 
 
+def override_contract(clf: Classifier, opts: Options) -> Classifier:
+    """Apply a spec's contract options to an already built Classifier."""
+    config, labels = apply_contract_options(clf.config, clf.labels, opts)
+    return clf.set_contract(config, labels)
+
+
 def _check_outputs(clf: Classifier) -> Classifier:
     """Run one tiny forward to check the output width against the label space."""
     import torch

@@ -87,10 +87,22 @@ class Classifier(nn.Module):
         self.arch = arch
         self.info = dict(info or {})
         self._cam_layer = cam_layer
-        c = config.input_size[0]
-        self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
         self._head: nn.Module | None = None
+        self.set_contract(config, labels)
+
+    def set_contract(self, config: ModelConfig | None = None, labels: LabelSpace | None = None) -> "Classifier":
+        """Replace the input contract and/or label space (the normalization buffers follow)."""
+        if labels is not None:
+            self.labels = labels
+        if config is not None:
+            self.config = config
+            c = config.input_size[0]
+            dev = self.mean.device if hasattr(self, "mean") else None
+            self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32, device=dev).view(1, c, 1, 1),
+                                 persistent=False)
+            self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32, device=dev).view(1, c, 1, 1),
+                                 persistent=False)
+        return self
 
     # -- the contract -----------------------------------------------------------------------
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,8 @@ from torch import nn
 
 from ..data.labels import LabelSpace, imagenet_space, named_space
 from ..specs import Options, Spec, SpecError
-from . import ModelLoadError, _check_outputs, apply_contract_options, register_model_source, register_zoo_model, ZOO_MODELS
+from . import (ZOO_MODELS, ModelLoadError, _check_outputs, apply_contract_options, override_contract,
+               register_model_source, register_zoo_model)
 from .checkpoint import CheckpointError, _config_from_timm, classifier_from_checkpoint, load_state_dict_file
 from .classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, ModelConfig
 
@@ -81,16 +82,7 @@ def _file(s: Spec, opts: Options) -> Classifier:
     clf = classifier_from_checkpoint(
         s.target, arch=opts.str("arch"), trust=opts.bool("trust", False), key=opts.str("key"), source=s.text
     )
-    clf.config, clf.labels = apply_contract_options(clf.config, clf.labels, opts)
-    clf.mean.copy_(_t(clf.config.mean))
-    clf.std.copy_(_t(clf.config.std))
-    return _check_outputs(clf)
-
-
-def _t(vals):
-    import torch
-
-    return torch.tensor(vals, dtype=torch.float32).view(1, -1, 1, 1)
+    return _check_outputs(override_contract(clf, opts))
 
 
 # ---------------------------------------------------------------------------------------------- onnx
@@ -149,12 +141,9 @@ def _tflite(s: Spec, opts: Options) -> Classifier:
         raise ModelLoadError(f"{s.text}: {path} does not exist")
     clf = tflite_classifier(path, runtime=opts.bool("runtime", False), quant=opts.str("quant", "float"),
                             source=s.text)
-    config, labels = apply_contract_options(clf.config, clf.labels, opts)
-    if labels is clf.labels and not labels.known:
-        labels = _labels_beside(path, clf.num_classes) or labels
-    clf.config, clf.labels = config, labels
-    clf.mean.copy_(_t(config.mean))
-    clf.std.copy_(_t(config.std))
+    override_contract(clf, opts)
+    if not clf.labels.known:
+        clf.set_contract(labels=_labels_beside(path, clf.num_classes) or clf.labels)
     return _check_outputs(clf)
 
 
@@ -187,10 +176,7 @@ def _py(s: Spec, opts: Options) -> Classifier:
         raise ModelLoadError(f"{s.text}: {path} defines no {func!r}")
     obj = getattr(module, func)()
     if isinstance(obj, Classifier):
-        obj.config, obj.labels = apply_contract_options(obj.config, obj.labels, opts)
-        obj.mean.copy_(_t(obj.config.mean))
-        obj.std.copy_(_t(obj.config.std))
-        return _check_outputs(obj)
+        return _check_outputs(override_contract(obj, opts))
     if not isinstance(obj, nn.Module):
         raise ModelLoadError(f"{s.text}: {func}() returned {type(obj).__name__}, not an nn.Module or Classifier")
     if hasattr(obj, "pretrained_cfg") and obj.pretrained_cfg:
@@ -211,10 +197,7 @@ def _zoo(s: Spec, opts: Options) -> Classifier:
     if s.target not in ZOO_MODELS:
         raise SpecError(f"unknown zoo model {s.target!r}; known: {', '.join(sorted(ZOO_MODELS))}")
     clf = ZOO_MODELS[s.target].build(opts)
-    clf.config, clf.labels = apply_contract_options(clf.config, clf.labels, opts)
-    clf.mean.copy_(_t(clf.config.mean))
-    clf.std.copy_(_t(clf.config.std))
-    return _check_outputs(clf)
+    return _check_outputs(override_contract(clf, opts))
 
 
 def _cifar_resnet_zoo(depth: int):
