@@ -28,12 +28,32 @@ def _parse_sets(items: list[str]) -> dict[str, dict]:
     return out
 
 
+def _probe_flag_params(args, probes: list[str]) -> dict[str, dict]:
+    """Values of the probes' own eval flags (``--eps`` ...), for the probes that run."""
+    from .probes import PROBES
+
+    out: dict[str, dict] = {}
+    for name in probes:
+        for f in getattr(PROBES.get(name), "cli_flags", ()):
+            raw = getattr(args, _flag_dest(f.flag), None)
+            if raw is not None:
+                out.setdefault(name, {})[f.param] = f.parse(raw)
+    return out
+
+
+def _flag_dest(flag: str) -> str:
+    return "probeflag_" + flag.lstrip("-").replace("-", "_")
+
+
 def _cmd_eval(args) -> int:
     from .evaluate import evaluate
 
     probes = [p.strip() for p in args.probes.split(",") if p.strip()]
+    params = _probe_flag_params(args, probes)
+    for probe, kv in _parse_sets(args.set).items():
+        params.setdefault(probe, {}).update(kv)
     results = evaluate(
-        args.model, args.data, probes=probes, probe_params=_parse_sets(args.set), out=args.out,
+        args.model, args.data, probes=probes, probe_params=params, out=args.out,
         batch_size=args.batch_size, workers=args.workers, device=args.device, limit=args.limit, seed=args.seed,
         on_error=args.on_error, amp=args.amp, progress=not args.quiet, command=sys.argv,
     )
@@ -171,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--set", action="append", default=[], metavar="PROBE.PARAM=VALUE", help="probe parameter")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=_cmd_eval)
+    from .probes import PROBES
+
+    seen: set[str] = set()
+    for name, cls in sorted(PROBES.items()):
+        flags = [f for f in cls.cli_flags if f.flag not in seen]
+        if flags:
+            g = e.add_argument_group(f"probe {name}")
+            for f in flags:
+                g.add_argument(f.flag, dest=_flag_dest(f.flag), default=None, help=f.help)
+                seen.add(f.flag)
 
     sub.add_parser("models", help="list model sources and registered models").set_defaults(func=_cmd_models)
     sub.add_parser("datasets", help="list dataset sources and registered datasets").set_defaults(func=_cmd_datasets)
@@ -183,7 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("results")
     r.add_argument("--out")
     r.set_defaults(func=_cmd_report)
+    import importlib
+
+    for module in COMMAND_MODULES:  # feature packages add their own subcommands
+        importlib.import_module(module).add_command(sub)
     return p
+
+
+# Each module defines ``add_command(subparsers)`` that adds one subcommand with ``set_defaults(func=...)``.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from ..data.base import ImageDataset
 from ..engine import Engine, Predictions
 from ..models.classifier import Classifier
 
-__all__ = ["Probe", "ProbeContext", "PROBES", "register_probe", "get_probe", "to_jsonable"]
+__all__ = ["Probe", "ProbeContext", "CliFlag", "PROBES", "register_probe", "get_probe", "to_jsonable"]
 
 PROBES: dict[str, type["Probe"]] = {}
 
@@ -51,12 +51,30 @@ class ProbeContext:
         return np.random.default_rng([self.seed, zlib.crc32(salt.encode())])
 
 
+@dataclass(frozen=True)
+class CliFlag:
+    """A probe parameter exposed as an ``imgclass eval`` flag (e.g. ``--eps 2/255,8/255`` -> ``eps``).
+
+    ``parse`` turns the flag's string into the parameter's value; the flag only applies when the probe runs.
+    """
+
+    flag: str
+    param: str
+    help: str
+    parse: Callable[[str], Any] = str
+
+
 class Probe:
-    """Base class: subclasses set ``name``, ``title``, a ``Params`` dataclass, and implement ``run``/``render``."""
+    """Base class: subclasses set ``name``, ``title``, a ``Params`` dataclass, and implement ``run``/``render``.
+
+    ``cli_flags`` lists parameters that deserve their own ``imgclass eval`` flag; every parameter is
+    also reachable as ``--set NAME.PARAM=VALUE``.
+    """
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    cli_flags: ClassVar[tuple[CliFlag, ...]] = ()
 
     @dataclass
     class Params:
