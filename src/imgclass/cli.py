@@ -213,15 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("results")
     r.add_argument("--out")
     r.set_defaults(func=_cmd_report)
-    import importlib
+    from .commands import add_all
 
-    for module in COMMAND_MODULES:  # feature packages add their own subcommands
-        importlib.import_module(module).add_command(sub)
+    add_all(sub)  # feature packages' own subcommands (imgclass/commands/*.py)
     return p
-
-
-# Each module defines ``add_command(subparsers)`` that adds one subcommand with ``set_defaults(func=...)``.
-COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def main(argv: list[str] | None = None) -> int:
