@@ -163,20 +163,24 @@ class Engine:
         desc: str = "evaluating",
         grad: bool = False,
         key: str | None = None,
+        transform: EvalTransform | None = None,
+        shard: bool = True,
     ) -> MapResult:
         """Apply ``fn`` to every batch; return its per-sample outputs concatenated in dataset order,
         the dataset indices they belong to, the skipped files, and the wall time.
 
         ``fn`` returns a dict of tensors whose first dimension is the batch. ``key`` caches the result.
+        ``transform`` replaces the model's resize/crop. ``shard=False`` makes every rank process every
+        batch in order (for stateful work such as test-time adaptation); results are then not gathered.
         """
         if key is not None and key in self._cache:
             return self._cache[key]
         n = len(dataset)
         starts = list(range(0, n, self.batch_size))
-        mine = starts[self.dist.rank::self.dist.world_size]
+        mine = starts[self.dist.rank::self.dist.world_size] if shard else starts
         batches = [list(range(s, min(s + self.batch_size, n))) for s in mine]
         loader = torch.utils.data.DataLoader(
-            _Transformed(dataset, self.transform),
+            _Transformed(dataset, transform or self.transform),
             batch_sampler=batches,
             num_workers=self.workers,
             collate_fn=_Collate(),
@@ -190,7 +194,7 @@ class Engine:
         t0 = time.perf_counter()
         ctx = torch.enable_grad() if grad else torch.inference_mode()
         total = sum(len(b) for b in batches)
-        with tqdm(total=total, desc=desc, unit="img", disable=not self.progress, leave=False) as bar:
+        with tqdm(total=total, desc=desc, unit="img", disable=not self.progress, leave=False, dynamic_ncols=True) as bar:
             for images, labels, indices, bad in loader:
                 for index, path, reason in bad:
                     if self.on_error == "fail":
@@ -207,7 +211,7 @@ class Engine:
         seconds = time.perf_counter() - t0
         local = ({k: torch.cat(v).cpu() for k, v in outs.items()},
                  torch.cat(idx_parts) if idx_parts else torch.empty(0, dtype=torch.long), skipped, seconds)
-        parts = all_gather_objects(local, self.dist)
+        parts = all_gather_objects(local, self.dist) if shard else [local]
         idx = torch.cat([p[1] for p in parts])
         order = torch.argsort(idx)
         keys = parts[0][0].keys() if parts[0][0] else next((p[0].keys() for p in parts if p[0]), [])

@@ -216,11 +216,22 @@ def _zoo_cue_conflict(split: str, opts: Options) -> ImageDataset:
     from ..assets import fetch
 
     ds = TarDataset(fetch("cue-conflict"), spec="zoo:cue-conflict", max_pixels=_max_pixels(opts))
-    ds.classes = LabelSpace(ds.classes.names, None, True, "cue-conflict-16")
+    ds.classes = cue_conflict_space(list(ds.classes.names))
     return ds
 
 
-def cue_conflict_imagenet_indices() -> dict[str, list[int]]:
+CUE_CONFLICT_CATEGORIES = ("airplane", "bear", "bicycle", "bird", "boat", "bottle", "car", "cat", "chair", "clock",
+                           "dog", "elephant", "keyboard", "knife", "oven", "truck")
+
+
+def cue_conflict_space(names: list[str]) -> LabelSpace:
+    """The 16 cue-conflict categories as superclasses of ImageNet-1k classes (Geirhos et al. 2019 mapping)."""
     from ..assets import fetch
 
-    return json.loads(fetch("cue-conflict-imagenet-indices").read_text())
+    indices = json.loads(fetch("cue-conflict-imagenet-indices").read_text())
+    missing = [n for n in names if n not in indices]
+    if missing:
+        raise DatasetSourceError(f"cue-conflict categories without an ImageNet mapping: {missing}")
+    wnids = imagenet_space().wnids
+    members = tuple(tuple(wnids[i] for i in indices[n]) for n in names)
+    return LabelSpace(tuple(names), None, True, "cue-conflict-16", members)

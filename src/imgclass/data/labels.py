@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -42,10 +43,14 @@ class LabelSpace:
     wnids: tuple[str | None, ...] | None = None
     known: bool = True
     tag: str | None = None  # 'imagenet-1k', 'cifar10', ... when it is a standard space
+    # superclasses: for each class, the wnids of the finer classes it groups (e.g. 16-class cue-conflict)
+    members: tuple[tuple[str, ...], ...] | None = None
 
     def __post_init__(self):
         if self.wnids is not None and len(self.wnids) != len(self.names):
             raise ValueError("wnids and names differ in length")
+        if self.members is not None and len(self.members) != len(self.names):
+            raise ValueError("members and names differ in length")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -67,13 +72,18 @@ class LabelSpace:
         return [n.split(",")[0].strip() for n in self.names]
 
     def to_dict(self) -> dict:
-        return {"names": list(self.names), "wnids": None if self.wnids is None else list(self.wnids),
-                "known": self.known, "tag": self.tag}
+        d = {"names": list(self.names), "wnids": None if self.wnids is None else list(self.wnids),
+             "known": self.known, "tag": self.tag}
+        if self.members is not None:
+            d["members"] = [list(m) for m in self.members]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "LabelSpace":
+        members = d.get("members")
         return cls(tuple(d["names"]), None if d.get("wnids") is None else tuple(d["wnids"]),
-                   bool(d.get("known", True)), d.get("tag"))
+                   bool(d.get("known", True)), d.get("tag"),
+                   None if members is None else tuple(tuple(m) for m in members))
 
 
 @lru_cache(maxsize=None)
@@ -105,7 +115,14 @@ KNOWN_SPACES = {
     "fashion-mnist": lambda: LabelSpace(tuple(FASHION_MNIST), None, True, "fashion-mnist"),
     "mnist": lambda: LabelSpace(tuple(DIGITS), None, True, "mnist"),
     "digits": lambda: LabelSpace(tuple(DIGITS), None, True, "digits"),
+    "cue-conflict": lambda: _cue_conflict(),
 }
+
+
+def _cue_conflict() -> LabelSpace:
+    from . import CUE_CONFLICT_CATEGORIES, cue_conflict_space
+
+    return cue_conflict_space(list(CUE_CONFLICT_CATEGORIES))
 
 
 def named_space(value: str) -> LabelSpace:
@@ -145,20 +162,38 @@ class Alignment:
     """
 
     index: torch.Tensor
-    method: str  # 'identity' | 'wnid' | 'name' | 'index'
+    method: str  # 'identity' | 'wnid' | 'name' | 'index' | 'group'
     n_model: int
     dropped: list[str] = field(default_factory=list)
+    # 'group': the model outputs that make up each dataset class (a superclass of finer model classes)
+    groups: list[torch.Tensor] | None = None
+
+    def __post_init__(self):
+        self._identity = self.groups is None and self.n_model == len(self.index) and bool(
+            (self.index == torch.arange(self.n_model)).all())
 
     @property
     def is_identity(self) -> bool:
-        return self.n_model == len(self.index) and bool((self.index == torch.arange(self.n_model)).all())
+        return self._identity
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits if self.is_identity else logits.index_select(-1, self.index.to(logits.device))
+        """Model logits -> logits over the dataset's classes.
+
+        For superclasses the result is log of the mean probability of the member classes (softmax over
+        all model outputs), so its argmax is the decision rule of Geirhos et al. (2019).
+        """
+        if self.groups is not None:
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            return torch.stack([torch.logsumexp(logp[:, g.to(logits.device)], dim=-1) - math.log(len(g))
+                                for g in self.groups], dim=-1)
+        return logits if self._identity else logits.index_select(-1, self.index.to(logits.device))
 
     def to_dict(self) -> dict:
         d = {"method": self.method, "model_classes": self.n_model, "dataset_classes": int(len(self.index)),
              "restricted": not self.is_identity}
+        if self.groups is not None:
+            d["rule"] = "log of the mean softmax probability over each class's member outputs"
+            d["group_sizes"] = [len(g) for g in self.groups]
         if self.dropped:
             d["dropped_model_classes"] = self.dropped[:20] + (["..."] if len(self.dropped) > 20 else [])
             d["n_dropped"] = len(self.dropped)
@@ -168,6 +203,8 @@ class Alignment:
 def align_labels(model: LabelSpace, data: LabelSpace) -> Alignment:
     """Find, for each dataset class, the model output of the same class."""
     n_model = len(model)
+    if data.members is not None:
+        return _align_groups(model, data)
     if not model.known or not data.known:
         if n_model != len(data):
             side = "model" if not model.known else "dataset"
@@ -211,3 +248,24 @@ def align_labels(model: LabelSpace, data: LabelSpace) -> Alignment:
     if al.is_identity:
         al.method = "identity" if method == "name" and list(model.names) == list(data.names) else method
     return al
+
+
+def _align_groups(model: LabelSpace, data: LabelSpace) -> Alignment:
+    if model.wnids is None:
+        raise LabelAlignmentError(
+            f"the dataset's classes are groups of ImageNet classes ({data.tag or 'superclasses'}), but the model's "
+            "outputs carry no WordNet ids; give an ImageNet label space with ?classes=imagenet"
+        )
+    col = {w: j for j, w in enumerate(model.wnids) if w is not None}
+    groups, missing = [], []
+    for name, members in zip(data.names, data.members):
+        cols = [col[w] for w in members if w in col]
+        missing += [f"{w} ({name})" for w in members if w not in col]
+        groups.append(torch.tensor(cols, dtype=torch.long))
+    if missing:
+        raise LabelAlignmentError(
+            f"{len(missing)} member classes of the dataset's superclasses are not model outputs: {', '.join(missing[:10])}"
+        )
+    used = {int(j) for g in groups for j in g}
+    dropped = [model.names[j] for j in range(len(model)) if j not in used]
+    return Alignment(torch.tensor([int(g[0]) for g in groups]), "group", len(model), dropped, groups)
