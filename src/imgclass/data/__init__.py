@@ -94,13 +94,30 @@ def _max_pixels(opts: Options) -> int:
 
 
 def _override_classes(ds: ImageDataset, opts: Options) -> ImageDataset:
+    """``?classes=SPACE``: folder names found in SPACE take its metadata (wnids, members); otherwise, with as
+    many classes as SPACE has names, the classes are renamed in order."""
     c = opts.str("classes")
-    if c is not None:
-        space = named_space(c)
-        if len(space) != len(ds.classes):
-            raise SpecError(f"{ds.spec}: classes={c} has {len(space)} names but the data has {len(ds.classes)} classes")
+    if c is None:
+        return ds
+    space = named_space(c)
+    lookup = {_norm(n): i for i, n in enumerate(space.names)}
+    found = [lookup.get(_norm(n)) for n in ds.classes.names]
+    if all(i is not None for i in found):
+        ds.classes = LabelSpace(
+            tuple(space.names[i] for i in found),
+            None if space.wnids is None else tuple(space.wnids[i] for i in found),
+            True, space.tag, None if space.members is None else tuple(space.members[i] for i in found))
+    elif len(space) == len(ds.classes):
         ds.classes = space
+    else:
+        missing = [n for n, i in zip(ds.classes.names, found) if i is None]
+        raise SpecError(f"{ds.spec}: classes {missing[:10]} are not in classes={c}, and the data has "
+                        f"{len(ds.classes)} classes where {c} has {len(space)}")
     return ds
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("_", " ")
 
 
 @register_dataset_source("folder", "folder:DIR - one sub-folder per class (ImageFolder), images at any depth")

@@ -53,7 +53,11 @@ class ShapeBiasProbe(Probe):
         index = {n: i for i, n in enumerate(names)}
         decision = pred.logits.argmax(1).numpy()
         shape = pred.labels.numpy()
-        texture = np.array([index[texture_category(ds.sample_id(int(i)))] for i in pred.indices])
+        textures = [texture_category(ds.sample_id(int(i))) for i in pred.indices]
+        unknown = sorted(set(textures) - set(index))
+        if unknown:
+            raise ValueError(f"texture categories {unknown} of {ds.spec} are not among its classes {names}")
+        texture = np.array([index[t] for t in textures])
         conflict = shape != texture
         is_shape = (decision == shape) & conflict
         is_texture = (decision == texture) & conflict
