@@ -65,6 +65,24 @@ for _d in (20, 32, 44, 56, 110):
     register_arch(f"cifar_resnet{_d}")(_cifar_builder(_d))
 
 
+@register_arch("lenet")
+def _lenet(num_classes: int = 10, in_chans: int = 3, width: int = 6, **kw) -> nn.Module:
+    """LeNet-5 style convnet (LeCun et al. 1998) for small images; no normalization layers."""
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(in_chans, w, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(w, 16 * w // 6, 5), nn.ReLU(), nn.AdaptiveAvgPool2d(5), nn.Flatten(),
+        nn.Linear(16 * w // 6 * 25, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes),
+    )
+
+
+@register_arch("cifar_resnet9")
+def _resnet9(num_classes: int = 10, **kw) -> nn.Module:
+    from .cifar_resnet import ResNet9
+
+    return ResNet9(num_classes, **kw)
+
+
 def build_arch(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """Instantiate an architecture by name, randomly initialised."""
     if arch.startswith("timm:"):

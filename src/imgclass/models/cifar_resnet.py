@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CifarResNet", "cifar_resnet"]
+__all__ = ["CifarResNet", "ResNet9", "cifar_resnet"]
 
 
 class _PadShortcut(nn.Module):
@@ -42,7 +42,7 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs, with timm's model interface (forward_features / forward_head)."""
 
-    def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3):
+    def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, zero_init_last: bool = False):
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
@@ -65,6 +65,10 @@ class CifarResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
+        if zero_init_last:  # each block starts as the identity (Goyal et al. 2017, "Bag of Tricks")
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
@@ -87,3 +91,56 @@ class CifarResNet(nn.Module):
 
 def cifar_resnet(depth: int, num_classes: int = 10, **kw) -> CifarResNet:
     return CifarResNet(depth, num_classes, **kw)
+
+
+def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+class _Residual(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.res1, self.res2 = _conv_bn(c, c), _conv_bn(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.res2(self.res1(x))
+
+
+class ResNet9(nn.Module):
+    """The ResNet-9 of Page ("How to train your ResNet", 2018; DAWNBench), with a width multiplier.
+
+    prep (w) -> layer1 (2w, pool, residual) -> layer2 (4w, pool) -> layer3 (8w, pool, residual) ->
+    global max pool -> linear, logits scaled by 0.125.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 64, in_chans: int = 3, zero_init_last: bool = False):
+        super().__init__()
+        w = width
+        self.num_classes = num_classes
+        self.num_features = 8 * w
+        self.prep = _conv_bn(in_chans, w)
+        self.layer1 = nn.Sequential(_conv_bn(w, 2 * w), nn.MaxPool2d(2), _Residual(2 * w))
+        self.layer2 = nn.Sequential(_conv_bn(2 * w, 4 * w), nn.MaxPool2d(2))
+        self.layer3 = nn.Sequential(_conv_bn(4 * w, 8 * w), nn.MaxPool2d(2), _Residual(8 * w))
+        self.linear = nn.Linear(8 * w, num_classes, bias=False)
+        if zero_init_last:
+            for m in self.modules():
+                if isinstance(m, _Residual):
+                    nn.init.zeros_(m.res2[1].weight)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer3(self.layer2(self.layer1(self.prep(x))))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.amax(x, dim=(2, 3))
+        return x if pre_logits else self.linear(x) * 0.125
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.linear
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.linear = nn.Linear(self.num_features, num_classes, bias=False)

@@ -1,0 +1,141 @@
+"""Training data: a seeded epoch/batch order and per-sample augmentation on uint8 images.
+
+Every random choice depends only on (seed, epoch, sample index) or (seed, step): the same sample gets
+the same crop whichever worker or process loads it, a run resumed mid-epoch continues with exactly the
+batches it would have seen, and N processes of batch B see the batches one process of batch N*B sees.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from ..data.base import ImageDataset, Sample
+from ..data.transforms import EvalTransform
+
+__all__ = ["EpochBatchSampler", "TrainView", "build_augment", "seed_for"]
+
+
+def seed_for(*keys: int) -> int:
+    """A 32-bit seed from integers (order matters), well mixed."""
+    return int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(1)[0])
+
+
+@dataclass
+class EpochBatchSampler:
+    """Local batches of ``(epoch, index)`` pairs for one process.
+
+    Epoch e visits ``permutation(seed, e)``; global step s takes the s-th slice of ``batch_size * world``
+    indices and this rank its ``rank``-th part. The last incomplete global batch is dropped.
+    """
+
+    n: int
+    batch_size: int
+    world: int = 1
+    rank: int = 0
+    seed: int = 0
+    epoch: int = 0
+    start_step: int = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n // (self.batch_size * self.world)
+
+    def __len__(self) -> int:
+        return max(0, self.steps_per_epoch - self.start_step)
+
+    def __iter__(self):
+        perm = np.random.default_rng(seed_for(self.seed, 7919, self.epoch)).permutation(self.n)
+        g = self.batch_size * self.world
+        for s in range(self.start_step, self.steps_per_epoch):
+            part = perm[s * g + self.rank * self.batch_size: s * g + (self.rank + 1) * self.batch_size]
+            yield [(self.epoch, int(i)) for i in part]
+
+
+def build_augment(cfg, size: int) -> v2.Compose:
+    """The per-sample training transform of a config, on uint8 (3, H, W) tensors."""
+    steps: list = []
+    if cfg.crop == "rrc":
+        steps.append(v2.RandomResizedCrop(size, scale=tuple(cfg.rrc_scale), antialias=True,
+                                          interpolation=v2.InterpolationMode(cfg.interpolation)))
+    elif cfg.crop == "pad":
+        steps.append(_Resize(size))
+        if cfg.pad:
+            steps.append(v2.RandomCrop(size, padding=cfg.pad))
+    elif cfg.crop == "none":
+        steps.append(_Resize(size))
+    else:
+        raise ValueError(f"crop must be 'pad', 'rrc' or 'none', got {cfg.crop!r}")
+    if cfg.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if cfg.auto_augment:
+        steps.append(_auto_augment(cfg.auto_augment, cfg))
+    if cfg.random_erasing > 0:
+        steps.append(v2.RandomErasing(p=cfg.random_erasing, value=0))
+    return v2.Compose(steps)
+
+
+class _Resize:
+    """Bring any image to ``size`` x ``size`` with the eval resize/crop (no-op when it already fits)."""
+
+    def __init__(self, size: int):
+        self.t = EvalTransform((size, size), 1.0, "bilinear")
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return self.t(img)
+
+
+class _TimmAugment:
+    """timm's RandAugment strings ('rand-m7-mstd0.5-inc1'), which work on PIL images."""
+
+    def __init__(self, spec: str, mean):
+        from timm.data.auto_augment import rand_augment_transform
+
+        fill = tuple(int(round(255 * m)) for m in mean)
+        self.t = rand_augment_transform(spec, {"translate_const": 100, "img_mean": fill})
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        from PIL import Image
+
+        pil = Image.fromarray(np.ascontiguousarray(img.permute(1, 2, 0).numpy()))
+        return torch.from_numpy(np.array(self.t(pil))).permute(2, 0, 1)
+
+
+def _auto_augment(spec: str, cfg):
+    name, _, arg = spec.partition(":")
+    if name == "randaugment":
+        return v2.RandAugment(magnitude=int(arg) if arg else 9)
+    if name == "autoaugment":
+        policy = v2.AutoAugmentPolicy.CIFAR10 if (arg or "").lower() == "cifar10" else v2.AutoAugmentPolicy.IMAGENET
+        return v2.AutoAugment(policy)
+    if name == "trivialaugment":
+        return v2.TrivialAugmentWide()
+    if spec.startswith("rand-"):
+        return _TimmAugment(spec, cfg.mean or (0.485, 0.456, 0.406))
+    raise ValueError(f"unknown auto_augment {spec!r}: randaugment[:M], autoaugment[:cifar10], trivialaugment, "
+                     "or a timm string such as rand-m7-mstd0.5-inc1")
+
+
+class TrainView(torch.utils.data.Dataset):
+    """``dataset[(epoch, index)]`` -> the augmented sample, seeded by (seed, epoch, index)."""
+
+    def __init__(self, ds: ImageDataset, augment, seed: int):
+        self.ds, self.augment, self.seed = ds, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key) -> Sample:
+        epoch, index = key
+        s = self.ds[index]
+        if s.image is not None:
+            k = seed_for(self.seed, epoch, index)
+            torch.manual_seed(k)
+            random.seed(k)
+            np.random.seed(k)
+            s.image = self.augment(s.image.contiguous())
+        return s

@@ -1,0 +1,305 @@
+"""The training loop: one process or many (torchrun), exact resume, validation through the eval probes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import load_dataset
+from ..data.labels import align_labels
+from ..distributed import DistInfo, init_distributed
+from ..engine import Engine, _Collate, default_workers
+from ..models import load_model
+from ..models.checkpoint import ARCHS, build_arch
+from ..models.classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, ModelConfig
+from ..probes import ProbeContext, get_probe
+from .config import TrainConfig
+from .data import EpochBatchSampler, TrainView, build_augment, seed_for
+from .losses import classification_loss, kd_loss
+from .state import BEST, save_training_checkpoint, load_training_state
+
+__all__ = ["train", "build_student"]
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+# settings that do not change the arithmetic: a run may resume with other values
+_RESUME_FREE = {"workers", "device", "tensorboard", "checkpoint_every", "eval_every"}
+
+
+def build_student(cfg: TrainConfig, classes) -> Classifier:
+    """The model to train, wrapped as a Classifier over the training set's classes."""
+    n = len(classes)
+    is_arch = cfg.model in ARCHS or (cfg.model.startswith("timm:") and "?" not in cfg.model)
+    if is_arch:
+        kwargs = dict(cfg.arch_kwargs)
+        if cfg.model in ARCHS:
+            kwargs.setdefault("zero_init_last", cfg.zero_init_last)
+        model = build_arch(cfg.model, n, **kwargs)
+        arch = cfg.model
+        default_size = model.pretrained_cfg["input_size"][1] if cfg.model.startswith("timm:") else 32
+    else:  # fine-tune a model spec (timm:NAME?pretrained=true, zoo:, file:)
+        clf = load_model(cfg.model)
+        model, arch = clf.model, clf.arch
+        if clf.num_classes != n or list(clf.class_names) != list(classes.names):
+            model.reset_classifier(n)
+        default_size = clf.input_size[1]
+    size = cfg.image_size or default_size
+    cifar = classes.tag == "cifar10" or size <= 64
+    mean = tuple(cfg.mean) if cfg.mean else (CIFAR_MEAN if cifar else IMAGENET_MEAN)
+    std = tuple(cfg.std) if cfg.std else (CIFAR_STD if cifar else IMAGENET_STD)
+    config = ModelConfig((3, size, size), mean, std, cfg.crop_pct, cfg.interpolation)
+    return Classifier(model, labels=classes, config=config, source=f"train:{cfg.model}", arch=arch)
+
+
+class _Run:
+    """State and helpers of one training run (kept small: the loop itself is in ``train``)."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, progress: bool):
+        self.cfg, self.out, self.progress = cfg, out, progress
+        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dist: DistInfo = init_distributed(str(self.device))
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.cuda = self.device.type == "cuda"
+
+    def log(self, row: dict, writer) -> None:
+        if not self.dist.is_main:
+            return
+        with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        path = self.out / "log.csv"
+        new = not path.exists()
+        with open(path, "a", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        if writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    writer.add_scalar(k, v, row["epoch"])
+
+
+def _tensorboard(run: _Run):
+    if not (run.cfg.tensorboard and run.dist.is_main):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        tqdm.write("tensorboard is not installed (pip install 'imgclass[train]'): no event files")
+        return None
+    return SummaryWriter(str(run.out / "tensorboard"))
+
+
+def validate(clf: Classifier, ds, cfg: TrainConfig, run: _Run) -> dict:
+    """The eval probes on the validation set (all ranks take part; figures identical on each)."""
+    engine = Engine(clf, batch_size=max(cfg.batch_size, 128), workers=cfg.workers, device=str(run.device),
+                    progress=False, dist=run.dist, channels_last=run.cuda and cfg.channels_last)
+    was_training = clf.training
+    ctx = ProbeContext(clf, ds, engine, seed=cfg.seed)
+    out = {name: get_probe(name).run(ctx) for name in cfg.probes}
+    clf.train(was_training)
+    return out
+
+
+def _summary(results: dict) -> dict:
+    row = {}
+    if "accuracy" in results:
+        row["val_top1"] = results["accuracy"]["top1"]
+        if results["accuracy"].get("top5") is not None:
+            row["val_top5"] = results["accuracy"]["top5"]
+    if "calibration" in results:
+        row["val_ece"], row["val_nll"] = results["calibration"]["ece"], results["calibration"]["nll"]
+    return row
+
+
+def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: bool = True) -> dict:
+    """Train per ``cfg`` into ``out``; resumes from ``out/last.safetensors`` if present. Returns the history."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3
+
+    out = Path(out)
+    run = _Run(cfg, out, progress)
+    if not cfg.data:
+        raise ValueError("no training data: give DATA or set data=... in the recipe")
+    if run.dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    torch.manual_seed(seed_for(cfg.seed, 1))
+    train_ds = load_dataset(cfg.data)
+    val_ds = load_dataset(cfg.val_data) if cfg.val_data else None
+    if val_ds is not None:
+        align_labels(train_ds.classes, val_ds.classes)  # fail early on a mismatch
+    clf = build_student(cfg, train_ds.classes)
+    if cfg.sync_bn and run.dist.enabled:
+        clf.model = nn.SyncBatchNorm.convert_sync_batchnorm(clf.model)
+    clf.to(run.device)
+    if run.cuda and cfg.channels_last:
+        clf.to(memory_format=torch.channels_last)
+    size = clf.input_size[1]
+
+    sampler0 = EpochBatchSampler(len(train_ds), cfg.batch_size, run.dist.world_size, run.dist.rank, cfg.seed)
+    steps_per_epoch = sampler0.steps_per_epoch
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_ds)} training images are fewer than one global batch "
+                         f"({cfg.batch_size} x {run.dist.world_size})")
+    updates_per_epoch = math.ceil(steps_per_epoch / cfg.accum_steps)
+    optimizer = create_optimizer_v2(clf.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    momentum=cfg.momentum, filter_bias_and_bn=cfg.no_wd_norm_bias)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=cfg.sched, num_epochs=cfg.epochs, decay_milestones=list(cfg.decay_milestones),
+        min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr, warmup_epochs=int(round(cfg.warmup_epochs)),
+        warmup_prefix=True, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    # EMA decay warms up (timm's crowsonkb schedule) so short runs are not dominated by the initial weights
+    ema = ModelEmaV3(clf, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
+    mixer = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        from timm.data import Mixup
+
+        mixer = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
+                      switch_prob=cfg.mix_switch_prob, label_smoothing=cfg.label_smoothing,
+                      num_classes=clf.num_classes)
+    teacher, teacher_al = None, None
+    if cfg.teacher:
+        teacher = load_model(cfg.teacher, device=str(run.device)).eval().requires_grad_(False)
+        teacher_al = align_labels(teacher.labels, train_ds.classes)
+    adv = None
+    if cfg.adv:
+        from .adversarial import AdversarialTraining
+
+        adv = AdversarialTraining.from_config(cfg)
+
+    start_epoch, start_step, num_updates, best, history = 0, 0, 0, -1.0, []
+    state = load_training_state(out) if resume else None
+    if state is not None:
+        diff = sorted(k for k, v in cfg.to_dict().items() if k not in _RESUME_FREE and state["config"].get(k) != v)
+        if diff:
+            raise ValueError(f"{out} holds a run with other settings ({', '.join(diff)}); use a new --out "
+                             "or the same settings to resume")
+        clf.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
+        start_epoch, start_step, num_updates = state["epoch"], state["step_in_epoch"], state["num_updates"]
+        best, history = state["best"], state["history"]
+        if start_step >= steps_per_epoch:
+            start_epoch, start_step = start_epoch + 1, 0
+        if run.dist.is_main:
+            tqdm.write(f"resuming {out} at epoch {start_epoch}, step {start_step} ({num_updates} updates done)")
+    scheduler.step_update(num_updates)
+
+    ddp = clf
+    if run.dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(clf, device_ids=[run.device.index] if run.cuda else None)
+    writer = _tensorboard(run)
+    augment = build_augment(cfg, size)
+    view = TrainView(train_ds, augment, cfg.seed)
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    scaler = torch.amp.GradScaler("cuda", enabled=run.cuda and cfg.amp)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if run.cuda and cfg.amp else nullcontext
+
+    def checkpoint(epoch: int, step_in_epoch: int, metrics: dict, is_best: bool = False) -> None:
+        if not run.dist.is_main:
+            return
+        st = {"model": clf.model.state_dict(), "optimizer": optimizer.state_dict(),
+              "ema": None if ema is None else ema.module.state_dict(), "epoch": epoch,
+              "step_in_epoch": step_in_epoch, "num_updates": num_updates, "best": best, "history": history,
+              "config": cfg.to_dict()}
+        weights = (ema.module if ema is not None else clf).model.state_dict()
+        recipe = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}
+        meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "num_updates": num_updates, "metrics": metrics,
+                "recipe": recipe, "weights": "ema" if ema is not None else "model"}
+        save_training_checkpoint(out, classifier=clf, weights=weights, state=st, meta=meta, best=is_best)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler = EpochBatchSampler(len(train_ds), cfg.batch_size, run.dist.world_size, run.dist.rank, cfg.seed,
+                                    epoch, start_step if epoch == start_epoch else 0)
+        loader = torch.utils.data.DataLoader(view, batch_sampler=sampler, num_workers=workers,
+                                             collate_fn=_Collate(), pin_memory=run.cuda,
+                                             prefetch_factor=4 if workers > 0 else None)
+        clf.train()
+        t0, seen, loss_sum, skipped = time.perf_counter(), 0, 0.0, 0
+        bar = tqdm(total=len(sampler), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                   disable=not (progress and run.dist.is_main), leave=False, dynamic_ncols=True)
+        for k, (images, labels, _idx, bad) in enumerate(loader, start=sampler.start_step):
+            skipped += len(bad)
+            global_step = epoch * steps_per_epoch + k
+            step_seed = seed_for(cfg.seed, 104729, global_step)
+            torch.manual_seed(step_seed)
+            np.random.seed(step_seed)
+            x = images.to(run.device, non_blocking=True).float().div_(255)
+            y = labels.to(run.device, non_blocking=True)
+            if run.cuda and cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            target = y
+            if mixer is not None and len(x) % 2 == 0:
+                x, target = mixer(x, y)
+            last_of_update = (k + 1) % cfg.accum_steps == 0 or k + 1 == steps_per_epoch
+            sync = nullcontext() if (last_of_update or not run.dist.enabled) else ddp.no_sync()
+            with sync:
+                with autocast():
+                    if adv is not None:
+                        loss = adv.loss(ddp, x, y, target, autocast)
+                    else:
+                        logits = ddp(x)
+                        if teacher is not None:
+                            with torch.no_grad():
+                                t_logits = teacher_al.apply(teacher(x))
+                            loss = kd_loss(logits, t_logits, target, mode=cfg.kd, temperature=cfg.kd_temperature,
+                                           alpha=cfg.kd_alpha, label_smoothing=0.0 if mixer else cfg.label_smoothing)
+                        else:
+                            loss = classification_loss(logits, target, kind=cfg.loss,
+                                                       label_smoothing=0.0 if mixer else cfg.label_smoothing)
+                scaler.scale(loss / cfg.accum_steps).backward()
+            if last_of_update:
+                if cfg.clip_grad:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(clf.model.parameters(), cfg.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                num_updates += 1
+                scheduler.step_update(num_updates)
+                if ema is not None:
+                    ema.update(clf, step=num_updates)
+                if cfg.checkpoint_every and num_updates % cfg.checkpoint_every == 0 and k + 1 < steps_per_epoch:
+                    checkpoint(epoch, k + 1, {})
+            seen += len(x)
+            loss_sum += float(loss.detach()) * len(x)
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
+        bar.close()
+        seconds = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
+               "images": seen * run.dist.world_size, "skipped": skipped, "seconds": round(seconds, 3),
+               "images_per_second": seen * run.dist.world_size / seconds if seconds > 0 else None}
+        metrics = {}
+        if val_ds is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            evaluated = ema.module if ema is not None else clf
+            metrics = _summary(validate(evaluated, val_ds, cfg, run))
+            row.update(metrics)
+        history.append(row)
+        run.log(row, writer)
+        score = metrics.get("val_top1", -1.0)
+        is_best = score > best
+        best = max(best, score)
+        checkpoint(epoch, steps_per_epoch, metrics, is_best=is_best and val_ds is not None)
+        start_step = 0
+        if progress and run.dist.is_main:
+            shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+            tqdm.write(shown)
+    if writer is not None:
+        writer.close()
+    return {"history": history, "best_val_top1": best if best >= 0 else None, "out": str(out)}

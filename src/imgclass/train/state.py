@@ -1,0 +1,63 @@
+"""Training checkpoints that survive a kill at any moment.
+
+A checkpoint is two files: ``state-<step>.pt`` (everything needed to resume: model, optimizer, EMA,
+position in the data order, best score, history; plain tensors and containers, so it loads with
+``weights_only=True``) and ``last.safetensors``, a ``file:`` model checkpoint whose metadata names the
+state file. Both are written to temporary names and renamed into place, the state first, so
+``last.safetensors`` always points to a complete state; older state files are removed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..models.checkpoint import read_checkpoint, save_checkpoint
+from ..models.classifier import Classifier
+
+__all__ = ["save_training_checkpoint", "load_training_state", "LAST", "BEST"]
+
+LAST, BEST = "last.safetensors", "best.safetensors"
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_training_checkpoint(out: Path, *, classifier: Classifier, weights: dict, state: dict, meta: dict,
+                             best: bool = False) -> Path:
+    """Write the resume state, then ``last.safetensors`` (``weights`` with ``meta``) pointing to it."""
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"state-{state['num_updates']:09d}-{state['epoch']:04d}-{state['step_in_epoch']:06d}.pt"
+    _atomic_torch_save(state, out / name)
+    save_checkpoint(classifier, out / LAST, extra={**meta, "resume_state": name}, state_dict=weights)
+    if best:
+        save_checkpoint(classifier, out / BEST, extra=meta, state_dict=weights)
+    for old in out.glob("state-*.pt"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    return out / LAST
+
+
+def load_training_state(out: Path) -> dict | None:
+    """The state ``last.safetensors`` points to, or None when the folder has no checkpoint."""
+    last = out / LAST
+    if not last.is_file():
+        return None
+    _, meta = read_checkpoint(last)
+    name = (meta or {}).get("extra", {}).get("resume_state")
+    if not name or not (out / name).is_file():
+        raise RuntimeError(f"{last} names no resume state (or {name} is missing); cannot resume from {out}")
+    return torch.load(out / name, map_location="cpu", weights_only=True)
