@@ -155,3 +155,21 @@ def test_torchrun_two_processes_match_one_process_of_double_batch(small_cifar, t
     la = json.loads((tmp_path / "one" / "log.jsonl").read_text().splitlines()[-1])
     lb = json.loads((tmp_path / "two" / "log.jsonl").read_text().splitlines()[-1])
     assert la["images"] == lb["images"] == 256
+
+
+@pytest.mark.slow
+def test_distilled_student_beats_the_same_student_without_teacher(tmp_path):
+    """Reference: Hinton et al. 2015 (soft-target KD helps most with little data): a ResNet-20 distilled from the
+    published ResNet-56 beats the same student, seed and short schedule without a teacher (measured here on
+    1,000 training images, 6 epochs: 27.6 % vs 25.5 % on the lossless test images)."""
+    src = np.load(mirror_file("cifar10-lossless/train-first2000.npz"))
+    data = tmp_path / "train1000.npz"
+    np.savez(data, images=src["images"][:1000], labels=src["labels"][:1000], class_names=src["class_names"])
+    acc = {}
+    for teacher in (None, "zoo:cifar10-resnet56"):
+        cfg = TrainConfig(data=f"npz:{data}", val_data="zoo:cifar10-lossless:test", model="cifar_resnet20",
+                          epochs=6, batch_size=64, lr=0.1, weight_decay=5e-4, sched="cosine", warmup_epochs=1,
+                          teacher=teacher, kd="soft", kd_temperature=4.0, kd_alpha=0.9, workers=0,
+                          tensorboard=False, probes=("accuracy",), eval_every=100)
+        acc[teacher] = train(cfg, tmp_path / str(teacher).replace(":", "_"), progress=False)["best_val_top1"]
+    assert acc["zoo:cifar10-resnet56"] > acc[None] + 0.01, acc
