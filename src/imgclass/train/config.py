@@ -79,7 +79,7 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None  # default: cuda if available
     amp: bool = True  # float16 autocast (CUDA only)
-    channels_last: bool = True  # (CUDA only)
+    channels_last: bool = True  # NHWC memory layout (faster on CUDA and on CPU with oneDNN)
     workers: int | None = None
     checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
     eval_every: int = 1  # epochs between validations

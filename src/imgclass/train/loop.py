@@ -103,7 +103,7 @@ def _tensorboard(run: _Run):
 def validate(clf: Classifier, ds, cfg: TrainConfig, run: _Run) -> dict:
     """The eval probes on the validation set (all ranks take part; figures identical on each)."""
     engine = Engine(clf, batch_size=max(cfg.batch_size, 128), workers=cfg.workers, device=str(run.device),
-                    progress=False, dist=run.dist, channels_last=run.cuda and cfg.channels_last)
+                    progress=False, dist=run.dist, channels_last=cfg.channels_last)
     was_training = clf.training
     ctx = ProbeContext(clf, ds, engine, seed=cfg.seed)
     out = {name: get_probe(name).run(ctx) for name in cfg.probes}
@@ -144,9 +144,13 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
     if cfg.sync_bn and run.dist.enabled:
         clf.model = nn.SyncBatchNorm.convert_sync_batchnorm(clf.model)
     clf.to(run.device)
-    if run.cuda and cfg.channels_last:
+    if cfg.channels_last:  # faster on CUDA and with oneDNN on CPU alike
         clf.to(memory_format=torch.channels_last)
     size = clf.input_size[1]
+    if cfg.advprop:
+        from .adversarial import convert_dual_bn
+
+        convert_dual_bn(clf.model)
 
     sampler0 = EpochBatchSampler(len(train_ds), cfg.batch_size, run.dist.world_size, run.dist.rank, cfg.seed)
     steps_per_epoch = sampler0.steps_per_epoch
@@ -156,9 +160,11 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
     updates_per_epoch = math.ceil(steps_per_epoch / cfg.accum_steps)
     optimizer = create_optimizer_v2(clf.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum, filter_bias_and_bn=cfg.no_wd_norm_bias)
+    warmup = int(round(cfg.warmup_epochs))
+    # warmup comes first, then the schedule runs over the remaining epochs (milestones count after warmup)
     scheduler, _ = create_scheduler_v2(
-        optimizer, sched=cfg.sched, num_epochs=cfg.epochs, decay_milestones=list(cfg.decay_milestones),
-        min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr, warmup_epochs=int(round(cfg.warmup_epochs)),
+        optimizer, sched=cfg.sched, num_epochs=max(1, cfg.epochs - warmup), decay_milestones=list(cfg.decay_milestones),
+        min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr, warmup_epochs=warmup,
         warmup_prefix=True, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
     # EMA decay warms up (timm's crowsonkb schedule) so short runs are not dominated by the initial weights
     ema = ModelEmaV3(clf, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
@@ -217,7 +223,13 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
               "ema": None if ema is None else ema.module.state_dict(), "epoch": epoch,
               "step_in_epoch": step_in_epoch, "num_updates": num_updates, "best": best, "history": history,
               "config": cfg.to_dict()}
-        weights = (ema.module if ema is not None else clf).model.state_dict()
+        weights = (ema.module if ema is not None else clf).model
+        if cfg.advprop:
+            from .adversarial import main_bn_state_dict
+
+            weights = main_bn_state_dict(weights)
+        else:
+            weights = weights.state_dict()
         recipe = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}
         meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "num_updates": num_updates, "metrics": metrics,
                 "recipe": recipe, "weights": "ema" if ema is not None else "model"}
@@ -241,7 +253,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
             np.random.seed(step_seed)
             x = images.to(run.device, non_blocking=True).float().div_(255)
             y = labels.to(run.device, non_blocking=True)
-            if run.cuda and cfg.channels_last:
+            if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             target = y
             if mixer is not None and len(x) % 2 == 0:
@@ -251,7 +263,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
             with sync:
                 with autocast():
                     if adv is not None:
-                        loss = adv.loss(ddp, x, y, target, autocast)
+                        loss = adv.loss(ddp, clf, x, y, step_seed, label_smoothing=cfg.label_smoothing)
                     else:
                         logits = ddp(x)
                         if teacher is not None:
