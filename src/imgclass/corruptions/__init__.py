@@ -1,0 +1,80 @@
+"""Common corruptions (Hendrycks & Dietterich, ICLR 2019) as batched torch functions on uint8 images.
+
+``corrupt(images, name, severity, seed=..., sample_ids=...)`` takes a uint8 (N, 3, H, W) batch on any
+device and returns the corrupted batch, uint8, same shape and device. Two parameter sets: ``imagenet``
+(the ``imagecorruptions`` 1.1.2 package, any image size) and ``cifar10`` (Hendrycks' CIFAR-10-C
+generator, 32x32). Outputs follow the reference operation by operation, including its truncation to
+uint8. Each image's random draw comes from its own generator, seeded from (seed, corruption, severity,
+sample id) only: batch size, batch order and the number of processes change nothing. The generator lives
+on the images' device, so CPU and CUDA draws differ.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from . import blur, digital, noise, weather  # noqa: F401  (they fill the registry)
+from .base import REGISTRY, generators
+from .params import PARAM_SETS, TABLES, get_params
+
+CORRUPTIONS: tuple[str, ...] = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+    "speckle_noise", "gaussian_blur", "spatter", "saturate",
+)
+COMMON: tuple[str, ...] = CORRUPTIONS[:15]  # the 15 ImageNet-C corruptions behind mCE
+EXTRA: tuple[str, ...] = CORRUPTIONS[15:]  # the 4 held-out ones
+RANDOM: tuple[str, ...] = tuple(n for n in CORRUPTIONS if REGISTRY[n].draw is not None)
+SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+__all__ = ["CORRUPTIONS", "COMMON", "EXTRA", "RANDOM", "SEVERITIES", "PARAM_SETS", "corrupt", "draw", "apply",
+           "get_params"]
+
+
+def _check(images: torch.Tensor, name: str) -> None:
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+        raise TypeError(f"corrupt expects a uint8 torch.Tensor, got "
+                        f"{type(images).__name__}{'' if not isinstance(images, torch.Tensor) else ' ' + str(images.dtype)}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"corrupt expects images of shape (N, 3, H, W), got {tuple(images.shape)}")
+    if min(images.shape[-2:]) < 8:
+        raise ValueError(f"images must be at least 8x8 pixels, got {tuple(images.shape[-2:])}")
+    if name not in REGISTRY:
+        raise ValueError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
+
+
+def draw(images: torch.Tensor, name: str, severity: int, *, seed: int, sample_ids: Sequence[str | int],
+         params: str = "imagenet") -> dict:
+    """The random variables of a corruption for each image (empty for the deterministic ones)."""
+    _check(images, name)
+    p = get_params(name, severity, params)
+    if len(sample_ids) != len(images):
+        raise ValueError(f"{len(sample_ids)} sample ids for {len(images)} images")
+    c = REGISTRY[name]
+    if c.draw is None:
+        return {}
+    return c.draw(generators(seed, name, severity, sample_ids, images.device), images, p, params)
+
+
+def apply(images: torch.Tensor, name: str, severity: int, draws: dict, *, params: str = "imagenet") -> torch.Tensor:
+    """Corrupt with given random variables (as ``draw`` makes them)."""
+    _check(images, name)
+    p = get_params(name, severity, params)
+    return REGISTRY[name].apply(images.contiguous(), p, params, **draws)
+
+
+def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int, sample_ids: Sequence[str | int],
+            params: str = "imagenet") -> torch.Tensor:
+    """Corrupt a uint8 (N, 3, H, W) batch; uint8 out, same shape and device.
+
+    ``params``: ``"imagenet"`` (imagecorruptions 1.1.2) or ``"cifar10"`` (the CIFAR-10-C generator).
+    """
+    if isinstance(images, torch.Tensor) and images.dim() == 4 and len(images) == 0:
+        get_params(name, severity, params)
+        _check(torch.zeros((1, 3, 8, 8), dtype=torch.uint8), name)
+        return images.clone()
+    with torch.no_grad():
+        d = draw(images, name, severity, seed=seed, sample_ids=sample_ids, params=params)
+        return apply(images, name, severity, d, params=params)

@@ -1,0 +1,206 @@
+"""Shared machinery of the corruptions: the registry, per-image random generators, exact filters.
+
+Every corruption is an ``apply(x, p, **draws)`` on a uint8 batch (N, 3, H, W) plus, for the random ones, a
+``draw(gens, x, p)`` that makes the random variables from one generator per image. Keeping the two apart
+lets the tests feed the reference implementation the very same draws.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["Corruption", "REGISTRY", "register", "generators", "to_uint8", "to_uint8_255", "gaussian_kernel1d", "border_index",
+           "filter_matrix", "separable_filter", "motion_blur", "zoom_coords", "interp_matrix"]
+
+
+@dataclass(frozen=True)
+class Corruption:
+    name: str
+    apply: Callable[..., torch.Tensor]
+    draw: Callable[..., dict] | None = None  # None: deterministic
+
+
+REGISTRY: dict[str, Corruption] = {}
+
+
+def register(name: str, draw: Callable[..., dict] | None = None):
+    def deco(fn):
+        REGISTRY[name] = Corruption(name, fn, draw)
+        return fn
+
+    return deco
+
+
+def _key(seed: int, name: str, severity: int, sample_id: str | int) -> int:
+    tag = f"i:{sample_id}" if isinstance(sample_id, (int, np.integer)) else f"s:{sample_id}"
+    h = hashlib.blake2b(f"{int(seed)}|{name}|{int(severity)}|{tag}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def generators(seed: int, name: str, severity: int, sample_ids: Sequence[str | int],
+               device: torch.device) -> list[torch.Generator]:
+    """One generator per image, seeded from (seed, corruption, severity, sample id) only."""
+    gens = []
+    for sid in sample_ids:
+        g = torch.Generator(device=device)
+        g.manual_seed(_key(seed, name, severity, sid))
+        gens.append(g)
+    return gens
+
+
+def stack_draws(gens: list[torch.Generator], fn: Callable[[torch.Generator], torch.Tensor]) -> torch.Tensor:
+    return torch.stack([fn(g) for g in gens])
+
+
+def to_uint8(y: torch.Tensor) -> torch.Tensor:
+    """``np.uint8(np.clip(y, 0, 1) * 255)``: clip, scale, truncate (the reference truncates, it does not round)."""
+    return (y.clamp(0, 1) * 255).to(torch.uint8)
+
+
+def to_uint8_255(y: torch.Tensor) -> torch.Tensor:
+    """``np.uint8(np.clip(y, 0, 255))`` for results already in 0..255 units."""
+    return y.clamp(0, 255).to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# linear filters with exact border rules, as dense (n x n) matrices: fast batched matmuls on any device
+
+
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """scipy.ndimage's Gaussian weights (radius ``int(truncate * sigma + 0.5)``, normalized to sum 1)."""
+    r = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    phi = np.exp(-0.5 / float(sigma) ** 2 * x ** 2)
+    return phi / phi.sum()
+
+
+def border_index(n: int, before: int, after: int, mode: str) -> np.ndarray:
+    """Source index of each position of a signal of length n padded by (before, after).
+
+    Modes as scipy.ndimage names them: 'nearest' (a a a | a b c d | d d d), 'reflect' (b a | a b c d | d c),
+    'mirror' (c b | a b c d | c b; OpenCV's BORDER_REFLECT_101).
+    """
+    i = np.arange(-before, n + after)
+    if mode == "nearest" or n == 1:
+        return np.clip(i, 0, n - 1)
+    if mode == "reflect":
+        period = 2 * n
+        j = np.mod(i, period)
+        return np.where(j < n, j, period - 1 - j)
+    if mode == "mirror":
+        period = 2 * n - 2
+        j = np.mod(i, period)
+        return np.where(j < n, j, period - j)
+    raise ValueError(f"unknown border mode {mode!r}")
+
+
+@lru_cache(maxsize=256)
+def _filter_matrix_np(n: int, kernel: tuple[float, ...], mode: str) -> np.ndarray:
+    k = np.asarray(kernel, dtype=np.float64)
+    r = (len(k) - 1) // 2
+    src = border_index(n, r, len(k) - 1 - r, mode)
+    m = np.zeros((n, n), dtype=np.float64)
+    rows = np.arange(n)
+    for t, w in enumerate(k):  # out[i] = sum_t k[t] * x[src[i + t]]  (correlation, scipy's origin 0)
+        np.add.at(m, (rows, src[rows + t]), w)
+    return m
+
+
+def filter_matrix(n: int, kernel: np.ndarray, mode: str, *, dtype=torch.float32, device=None) -> torch.Tensor:
+    return torch.as_tensor(_filter_matrix_np(n, tuple(float(v) for v in kernel), mode), dtype=dtype, device=device)
+
+
+def separable_filter(x: torch.Tensor, k_rows: np.ndarray | None, k_cols: np.ndarray | None, mode: str) -> torch.Tensor:
+    """Correlate the last two axes of ``x`` with 1-D kernels (None: leave that axis), scipy border ``mode``."""
+    h, w = x.shape[-2:]
+    if k_rows is not None:
+        x = torch.matmul(filter_matrix(h, k_rows, mode, dtype=x.dtype, device=x.device), x)
+    if k_cols is not None:
+        x = torch.matmul(x, filter_matrix(w, k_cols, mode, dtype=x.dtype, device=x.device).T)
+    return x
+
+
+def gaussian_filter(x: torch.Tensor, sigma: float | tuple[float, float], *, mode: str = "nearest",
+                    truncate: float = 4.0) -> torch.Tensor:
+    """``skimage.filters.gaussian`` / ``scipy.ndimage.gaussian_filter`` over the last two axes."""
+    sy, sx = (sigma, sigma) if np.isscalar(sigma) else sigma
+    ky = gaussian_kernel1d(sy, truncate) if sy > 0 else None
+    kx = gaussian_kernel1d(sx, truncate) if sx > 0 else None
+    return separable_filter(x, ky, kx, mode)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the motion blur of imagecorruptions (its numpy replacement of ImageMagick's MotionBlurImage)
+
+
+def motion_taps(radius: int, sigma: float, angle: float, h: int, w: int) -> list[tuple[int, int, float]]:
+    """(dy, dx, weight) of each shifted copy, exactly as imagecorruptions' ``_motion_blur`` computes them."""
+    width = radius * 2 + 1
+    k = np.exp(-np.arange(width) ** 2 / (2 * sigma ** 2)) / (np.sqrt(2 * np.pi) * sigma)
+    k = k / np.sum(k)
+    point = (width * np.sin(np.deg2rad(angle)), width * np.cos(np.deg2rad(angle)))
+    hyp = math.hypot(point[0], point[1])
+    taps = []
+    for i in range(width):
+        dy = -math.ceil(((i * point[0]) / hyp) - 0.5)
+        dx = -math.ceil(((i * point[1]) / hyp) - 0.5)
+        if abs(dy) >= h or abs(dx) >= w:  # the reference stops where the motion leaves the image
+            break
+        taps.append((dy, dx, float(k[i])))
+    return taps
+
+
+def motion_blur(x: torch.Tensor, radius: int, sigma: float, angles: Sequence[float]) -> torch.Tensor:
+    """Per-image motion blur of (N, C, H, W): sum of edge-clamped shifted copies ``x[h - dy, w - dx]``."""
+    n, c, h, w = x.shape
+    taps = [motion_taps(radius, sigma, float(a), h, w) for a in angles]
+    pad = max((max(abs(dy), abs(dx)) for t in taps for dy, dx, _ in t), default=0)
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate") if pad else x
+    out = torch.zeros_like(x)
+    for i, t in enumerate(taps):  # one fused multiply-add per tap and image, on views of the padded copy
+        for dy, dx, k in t:
+            out[i].add_(xp[i, :, pad - dy:pad - dy + h, pad - dx:pad - dx + w], alpha=k)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scipy.ndimage.zoom(order=1) of a centre crop: the "clipped zoom" of the zoom blur and the snow
+
+
+def zoom_coords(n: int, z: float, *, trim: bool) -> np.ndarray:
+    """Input coordinate of every output index of the clipped zoom along one axis.
+
+    The centre ``ceil(n / z)`` pixels are zoomed by scipy's rule (output ``round(ch * z)``, corners aligned);
+    imagecorruptions keeps all of them (``trim=False``, callers take the first n), Hendrycks' CIFAR generator
+    keeps the centre n (``trim=True``).
+    """
+    ch = int(np.ceil(n / float(z)))
+    top = (n - ch) // 2
+    out = int(round(ch * z))
+    scale = (ch - 1) / (out - 1) if out > 1 else 0.0
+    coords = top + np.arange(out, dtype=np.float64) * scale
+    if trim:
+        start = (out - n) // 2
+        coords = coords[start:start + n]
+    return coords
+
+
+def interp_matrix(coords: np.ndarray, n_in: int) -> np.ndarray:
+    """Rows of linear-interpolation weights at the given input coordinates (all inside [0, n_in - 1])."""
+    i0 = np.floor(coords).astype(np.int64)
+    f = coords - i0
+    i0 = np.clip(i0, 0, n_in - 1)
+    m = np.zeros((len(coords), n_in), dtype=np.float64)
+    rows = np.arange(len(coords))
+    np.add.at(m, (rows, i0), 1.0 - f)
+    i1 = i0 + 1
+    ok = i1 < n_in
+    np.add.at(m, (rows[ok], i1[ok]), f[ok])
+    return m

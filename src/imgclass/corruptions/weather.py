@@ -1,0 +1,263 @@
+"""Weather corruptions: snow, frost, fog, spatter."""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import cvops
+from .base import (gaussian_filter, interp_matrix, motion_blur, register, stack_draws, to_uint8, to_uint8_255,
+                   zoom_coords)
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float32) / 255.0
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """cv2.cvtColor(RGB2GRAY) of float RGB (N, 3, H, W) -> (N, 1, H, W)."""
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# snow
+
+
+def _snow_draw(gens, x, p, pset):
+    h, w = x.shape[-2:]
+    return {"z": stack_draws(gens, lambda g: torch.randn((h, w), generator=g, device=x.device, dtype=torch.float64)),
+            "u": stack_draws(gens, lambda g: torch.rand((), generator=g, device=x.device, dtype=torch.float64))}
+
+
+def _clipped_zoom_2d(layer: torch.Tensor, z: float, trim: bool) -> torch.Tensor:
+    h, w = layer.shape[-2:]
+    a = torch.as_tensor(interp_matrix(zoom_coords(h, z, trim=trim), h), dtype=layer.dtype, device=layer.device)
+    b = torch.as_tensor(interp_matrix(zoom_coords(w, z, trim=trim), w), dtype=layer.dtype, device=layer.device)
+    return a @ layer @ b.T
+
+
+@register("snow", draw=_snow_draw)
+def snow(x: torch.Tensor, p: tuple, pset: str, *, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    loc, scale, zoom, thresh, radius, sigma, blend = p
+    n, c, h, w = x.shape
+    cifar = pset == "cifar10"
+    layer = _clipped_zoom_2d(loc + scale * z, zoom, trim=cifar)  # imagecorruptions keeps the whole zoom
+    layer = torch.where(layer < thresh, torch.zeros_like(layer), layer).clamp(0, 1)
+    if cifar:  # the generator hands ImageMagick an 8-bit image
+        layer = (layer * 255).to(torch.uint8).to(torch.float64) / 255
+    angles = (-135.0 + 90.0 * u).tolist()
+    layer = motion_blur(layer[:, None], radius, sigma, angles)[:, :, :h, :w]
+    layer = torch.round(layer * 255).to(torch.uint8).to(torch.float32) / 255
+    xf = _float(x)
+    xf = blend * xf + (1 - blend) * torch.maximum(xf, _gray(xf) * 1.5 + 0.5)
+    return to_uint8(xf + layer + layer.flip(-2, -1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# frost: the textures shipped with imagecorruptions, resized like cv2.resize, randomly cropped
+
+FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")  # the reference draws 1..5
+
+
+def frost_dir() -> Path:
+    """The folder of frost textures of the installed ``imagecorruptions`` package (found, not imported)."""
+    spec = importlib.util.find_spec("imagecorruptions")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the frost corruption needs the frost textures of the imagecorruptions package: "
+                           "pip install imagecorruptions==1.1.2")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "frost"
+    missing = [f for f in FROST_FILES if not (folder / f).is_file()]
+    if missing:
+        raise RuntimeError(f"frost textures {missing} missing in {folder}: reinstall imagecorruptions==1.1.2")
+    return folder
+
+
+@lru_cache(maxsize=8)
+def _frost_texture(i: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(frost_dir() / FROST_FILES[i]) as im:
+        return np.array(im.convert("RGB"))  # cv2.imread drops the alpha channel the same way
+
+
+def _cv_cubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """cv2.resize INTER_CUBIC weights along one axis (half-pixel centres, A = -0.75, edge pixels repeated)."""
+    scale = n_in / n_out
+    fx = (np.arange(n_out) + 0.5) * scale - 0.5
+    sx = np.floor(fx)
+    t = fx - sx
+    a = -0.75
+    w = np.stack([((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
+                  ((a + 2) * t - (a + 3)) * t * t + 1,
+                  ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1], 1)
+    w = np.concatenate([w, 1 - w.sum(1, keepdims=True)], 1)
+    m = np.zeros((n_out, n_in))
+    for k in range(4):
+        np.add.at(m, (np.arange(n_out), np.clip(sx.astype(np.int64) + k - 1, 0, n_in - 1)), w[:, k])
+    return m
+
+
+def _cv_linear_matrix(n_in: int, n_out: int, inv_scale: float) -> np.ndarray:
+    """cv2.resize INTER_LINEAR weights along one axis for a given fx (source = (dst + 0.5) / fx - 0.5)."""
+    fx = (np.arange(n_out) + 0.5) / inv_scale - 0.5
+    sx = np.floor(fx)
+    t = fx - sx
+    sx = sx.astype(np.int64)
+    t = np.where(sx < 0, 0.0, t)
+    sx = np.maximum(sx, 0)
+    t = np.where(sx >= n_in - 1, 0.0, t)
+    sx = np.minimum(sx, n_in - 1)
+    m = np.zeros((n_out, n_in))
+    np.add.at(m, (np.arange(n_out), sx), 1 - t)
+    np.add.at(m, (np.arange(n_out), np.minimum(sx + 1, n_in - 1)), t)
+    return m
+
+
+@lru_cache(maxsize=16)
+def _frost_resized(i: int, h: int, w: int, cifar: bool, device: str) -> torch.Tensor:
+    tex = _frost_texture(i)
+    fh, fw = tex.shape[:2]
+    if cifar:  # cv2.resize(frost, (0, 0), fx=0.2, fy=0.2) at 32 px; grown with the image side elsewhere
+        f = 0.2 * max(h, w) / 32
+        f = max(f, 1.1 * h / fh, 1.1 * w / fw)
+        oh, ow = int(np.round(fh * f)), int(np.round(fw * f))
+        a, b = _cv_linear_matrix(fh, oh, f), _cv_linear_matrix(fw, ow, f)
+    else:  # imagecorruptions: scale so that it covers the image, times 1.1, cubic
+        s = 1.0
+        if fh < h or fw < w:
+            s = max(h / fh if fh < h else 0, w / fw if fw < w else 0)
+        s *= 1.1
+        ow, oh = int(np.ceil(fw * s)), int(np.ceil(fh * s))
+        a, b = _cv_cubic_matrix(fh, oh), _cv_cubic_matrix(fw, ow)
+    t = torch.as_tensor(tex, dtype=torch.float64).permute(2, 0, 1)
+    out = torch.as_tensor(a) @ t @ torch.as_tensor(b).T
+    return torch.round(out).clamp(0, 255).to(torch.uint8).to(device)
+
+
+def _frost_draw(gens, x, p, pset):
+    h, w = x.shape[-2:]
+    idx, starts = [], []
+    for g in gens:
+        i = int(torch.randint(0, 5, (), generator=g, device=x.device))
+        fr = _frost_resized(i, h, w, pset == "cifar10", str(x.device))
+        y0 = int(torch.randint(0, fr.shape[1] - h, (), generator=g, device=x.device))
+        x0 = int(torch.randint(0, fr.shape[2] - w, (), generator=g, device=x.device))
+        idx.append(i)
+        starts.append((y0, x0))
+    return {"index": idx, "start": starts}
+
+
+@register("frost", draw=_frost_draw)
+def frost(x: torch.Tensor, p: tuple, pset: str, *, index: list[int], start: list[tuple[int, int]]) -> torch.Tensor:
+    n, c, h, w = x.shape
+    crops = []
+    for i, (y0, x0) in zip(index, start):
+        fr = _frost_resized(int(i), h, w, pset == "cifar10", str(x.device))
+        crops.append(fr[:, y0:y0 + h, x0:x0 + w])
+    tex = torch.stack(crops).to(torch.float32)
+    return to_uint8_255(p[0] * x.to(torch.float32) + p[1] * tex)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fog: a diamond-square plasma fractal per image
+
+
+def _next_pow2(v: int) -> int:
+    return 1 if v == 0 else 2 ** (v - 1).bit_length()
+
+
+def plasma_draw_shapes(mapsize: int) -> list[int]:
+    sizes, step = [], mapsize
+    while step >= 2:
+        sizes += [mapsize // step] * 3
+        step //= 2
+    return sizes
+
+
+def plasma_fractal(u: list[torch.Tensor], mapsize: int, decay: float) -> torch.Tensor:
+    """The reference's diamond-square heightmap (N, M, M) in [0, 1], from its uniform draws in [0, 1)."""
+    n = u[0].shape[0]
+    m = torch.zeros((n, mapsize, mapsize), dtype=torch.float64, device=u[0].device)
+    step, wibble, k = mapsize, 100.0, 0
+
+    def wibbled(arr):
+        nonlocal k
+        r = -wibble + 2 * wibble * u[k]  # numpy's uniform(-wibble, wibble)
+        k += 1
+        return arr / 4 + wibble * r
+
+    while step >= 2:
+        half = step // 2
+        corner = m[:, 0::step, 0::step]
+        sq = corner + torch.roll(corner, -1, 1)
+        sq = sq + torch.roll(sq, -1, 2)
+        m[:, half::step, half::step] = wibbled(sq)
+        dr = m[:, half::step, half::step]
+        ul = m[:, 0::step, 0::step]
+        lt = (dr + torch.roll(dr, 1, 1)) + (ul + torch.roll(ul, -1, 2))
+        m[:, 0::step, half::step] = wibbled(lt)
+        tt = (dr + torch.roll(dr, 1, 2)) + (ul + torch.roll(ul, -1, 1))
+        m[:, half::step, 0::step] = wibbled(tt)
+        step //= 2
+        wibble /= decay
+    m = m - m.amin((1, 2), keepdim=True)
+    return m / m.amax((1, 2), keepdim=True)
+
+
+def _fog_draw(gens, x, p, pset):
+    size = _next_pow2(max(*x.shape[-2:], 3))
+    shapes = plasma_draw_shapes(size)
+    flat = stack_draws(gens, lambda g: torch.rand(sum(s * s for s in shapes), generator=g, device=x.device,
+                                                  dtype=torch.float64))
+    return {"u": [part.view(-1, s, s) for part, s in zip(flat.split([s * s for s in shapes], 1), shapes)]}
+
+
+@register("fog", draw=_fog_draw)
+def fog(x: torch.Tensor, p: tuple, pset: str, *, u: list[torch.Tensor]) -> torch.Tensor:
+    n, c, h, w = x.shape
+    size = _next_pow2(max(h, w, 3))
+    plasma = plasma_fractal(u, size, p[1])[:, None, :h, :w].to(torch.float32)
+    xf = _float(x)
+    max_val = xf.amax((1, 2, 3), keepdim=True)
+    xf = xf + p[0] * plasma
+    return to_uint8(xf * max_val / (max_val + p[0]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# spatter: water drops (OpenCV edge and distance maps) or mud
+
+
+def _spatter_draw(gens, x, p, pset):
+    h, w = x.shape[-2:]
+    return {"z": stack_draws(gens, lambda g: torch.randn((h, w), generator=g, device=x.device, dtype=torch.float64))}
+
+
+@register("spatter", draw=_spatter_draw)
+def spatter(x: torch.Tensor, p: tuple, pset: str, *, z: torch.Tensor) -> torch.Tensor:
+    loc, scale, sigma, thresh, intensity, mud = p
+    xf = _float(x)
+    liquid = gaussian_filter(loc + scale * z, sigma)  # float64, like the reference
+    liquid = torch.where(liquid < thresh, torch.zeros_like(liquid), liquid)
+    if mud == 0:
+        lq8 = torch.remainder(torch.floor(liquid * 255).to(torch.int64), 256).to(torch.uint8)  # numpy's astype
+        dist = 255 - cvops.canny(lq8, 50, 150).to(torch.uint8) * 255
+        dist = cvops.distance_transform_l2_5x5(dist).clamp_max(20)
+        dist = cvops.blur3x3_float(dist).to(torch.uint8)
+        dist = cvops.equalize_hist(dist)
+        dist = cvops.filter2d_uint8(dist, [[-2, -1, 0], [-1, 1, 1], [0, 1, 2]])
+        dist = cvops.blur3x3_uint8(dist).to(torch.float32)
+        m = lq8.to(torch.float32) * dist
+        peak = m.amax((1, 2), keepdim=True)
+        # the reference divides by the peak; with no drop at all (peak 0) it would write NaN: no spatter instead
+        m = torch.where(peak > 0, m / torch.where(peak > 0, peak, torch.ones_like(peak)), torch.zeros_like(m))
+        m = (m * intensity)[:, None]
+        color = torch.tensor([175 / 255.0, 238 / 255.0, 238 / 255.0], device=x.device).view(1, 3, 1, 1)
+        return to_uint8(xf + m * color)
+    m = gaussian_filter((liquid > thresh).to(torch.float32), intensity)
+    m = torch.where(m < 0.8, torch.zeros_like(m), m)[:, None]
+    color = torch.tensor([63 / 255.0, 42 / 255.0, 20 / 255.0], device=x.device).view(1, 3, 1, 1) * m
+    return to_uint8(xf * (1 - m) + color)

@@ -1,0 +1,305 @@
+"""Probe ``corruptions``: accuracy under common corruptions, corruption errors and mCE (Hendrycks & Dietterich 2019).
+
+Every image is decoded once: the batch function corrupts it with every requested corruption and severity
+(``imgclass.corruptions``, seeded per sample id) and keeps the model's top-1 decision for each variant.
+CE_c = sum_s E_{s,c} / sum_s E^AlexNet_{s,c} and mCE = mean_c CE_c over the 15 ImageNet-C corruptions, with
+AlexNet's published errors; for the CIFAR-10-C parameters (32 px inputs) that normalization does not apply
+and the mean corruption error is reported unnormalized. With a baseline run's results.json, CE and the
+relative CE (sum_s (E_{s,c} - E_clean) / sum_s (E^base_{s,c} - E^base_clean)) are also given against it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import CliFlag, Probe, ProbeContext, register_probe
+
+# AlexNet top-1 errors on ImageNet-C, averaged over severities 1-5 (Hendrycks & Dietterich, ICLR 2019; the
+# values of their evaluation code, github.com/hendrycks/robustness), the denominators of CE and mCE.
+ALEXNET_ERRORS = {
+    "gaussian_noise": 0.886428, "shot_noise": 0.894468, "impulse_noise": 0.922640,
+    "defocus_blur": 0.819880, "glass_blur": 0.826268, "motion_blur": 0.785948, "zoom_blur": 0.798360,
+    "snow": 0.866816, "frost": 0.826572, "fog": 0.819324, "brightness": 0.564592,
+    "contrast": 0.853204, "elastic_transform": 0.646056, "pixelate": 0.717840, "jpeg_compression": 0.606500,
+}
+ALEXNET_SOURCE = ("AlexNet top-1 error on ImageNet-C per corruption, averaged over severities 1-5, as published "
+                  "by Hendrycks & Dietterich, 'Benchmarking Neural Network Robustness to Common Corruptions and "
+                  "Perturbations', ICLR 2019 (values of github.com/hendrycks/robustness)")
+FAMILIES = {"noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
+            "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
+            "weather": ("snow", "frost", "fog", "brightness"),
+            "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression"),
+            "extra": ("speckle_noise", "gaussian_blur", "spatter", "saturate")}
+
+
+def _names(value) -> tuple[str, ...]:
+    from ..corruptions import COMMON, CORRUPTIONS, EXTRA
+
+    if isinstance(value, str):
+        groups = {"all": CORRUPTIONS, "common": COMMON, "extra": EXTRA}
+        if value.strip() in groups:
+            return tuple(groups[value.strip()])
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    names = tuple(value)
+    bad = [n for n in names if n not in CORRUPTIONS]
+    if bad or not names:
+        raise ValueError(f"unknown corruption(s) {bad or names}; known: {', '.join(CORRUPTIONS)} "
+                         f"(or all, common, extra)")
+    return names
+
+
+def _severities(value) -> tuple[int, ...]:
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    if isinstance(value, (int, np.integer)):
+        value = [value]
+    sev = tuple(int(v) for v in value)
+    if not sev or any(s not in (1, 2, 3, 4, 5) for s in sev):
+        raise ValueError(f"severities must be integers in 1..5, got {value!r}")
+    return tuple(sorted(set(sev)))
+
+
+@register_probe
+class CorruptionsProbe(Probe):
+    name = "corruptions"
+    title = "Common corruptions"
+    description = ("accuracy under the ImageNet-C / CIFAR-10-C corruptions x severities, CE and mCE "
+                   "(AlexNet-normalized), relative to a baseline run")
+    cli_flags = (
+        CliFlag("--corruptions", "corruptions", "corruptions to run: all, common (the 15 of mCE), extra, or a list"),
+        CliFlag("--severities", "severities", "severities to run, e.g. 1,3,5 (default all five)"),
+        CliFlag("--corruption-params", "params", "parameter set: imagenet or cifar10 (default: by input size)"),
+        CliFlag("--baseline", "baseline", "a baseline run's results.json (CE and relative CE against it)"),
+    )
+
+    @dataclass
+    class Params:
+        corruptions: tuple[str, ...] | str = "common"
+        severities: tuple[int, ...] | str = (1, 2, 3, 4, 5)
+        params: str | None = None  # 'imagenet' | 'cifar10'; default: cifar10 for inputs up to 64 px
+        baseline: str | None = None
+        example_size: int = 64  # side of the thumbnails of the example grid (0: no grid)
+
+    def run(self, ctx: ProbeContext) -> dict:
+        from ..corruptions import COMMON, PARAM_SETS, corrupt
+
+        names = _names(self.params.corruptions)
+        sevs = _severities(self.params.severities)
+        size = ctx.classifier.config.input_size[1]
+        pset = self.params.params or ("cifar10" if size <= 64 else "imagenet")
+        if pset not in PARAM_SETS:
+            raise ValueError(f"unknown corruption parameter set {pset!r}; known: {', '.join(PARAM_SETS)}")
+        eng, ds = ctx.engine, ctx.dataset
+        al = eng.alignment(ds)
+
+        def fn(b):
+            ids = [ds.sample_id(int(i)) for i in b.indices]
+            out = {"labels": b.labels, "clean": al.apply(eng.logits(eng.to_float(b.images))).argmax(1)}
+            for name in names:
+                for s in sevs:
+                    x = corrupt(b.images, name, s, seed=ctx.seed, sample_ids=ids, params=pset)
+                    out[f"{name}/{s}"] = al.apply(eng.logits(eng.to_float(x))).argmax(1)
+            return out
+
+        res = eng.map(ds, fn, desc=f"corruptions ({len(names)} x {len(sevs)})")
+        y = res.outputs.get("labels", torch.empty(0, dtype=torch.long))
+        n = int(len(y))
+
+        def acc(key):
+            return float((res.outputs[key] == y).double().mean()) if n else None
+
+        accuracy = {name: {str(s): acc(f"{name}/{s}") for s in sevs} for name in names}
+        clean = acc("clean")
+        out = {
+            "parameter_set": pset,
+            "parameter_source": ("imagecorruptions 1.1.2 (ImageNet-C)" if pset == "imagenet"
+                                 else "Hendrycks' CIFAR-10-C generator (make_cifar_c.py)"),
+            "corruptions": list(names),
+            "severities": list(sevs),
+            "seed": ctx.seed,
+            "n_evaluated": n,
+            "clean_accuracy": clean,
+            "accuracy": accuracy,
+            "mean_accuracy": float(np.mean([a for r in accuracy.values() for a in r.values()])) if n else None,
+            "error": {c: 1 - float(np.mean(list(r.values()))) for c, r in accuracy.items()} if n else {},
+            "prediction_rule": "top-1 of the model's logits over the dataset's classes",
+        }
+        out["mean_error"] = 1 - out["mean_accuracy"] if n else None
+        out.update(self._mce(out, names, sevs, pset, COMMON))
+        if self.params.baseline:
+            out["baseline"] = self._against_baseline(out, self.params.baseline)
+        if self.params.example_size > 0 and len(ds) and ctx.engine.dist.is_main:
+            out["examples"] = self._examples(ctx, names, sevs, pset, self.params.example_size)
+        return out
+
+    @staticmethod
+    def _mce(r: dict, names, sevs, pset: str, common) -> dict:
+        used = [c for c in names if c in common]
+        if pset != "imagenet":
+            return {"ce": None, "mce": r["mean_error"], "mce_normalization": "none",
+                    "mce_note": "CIFAR-10-C parameters: the AlexNet normalization of CE/mCE is an ImageNet-C "
+                                "convention, so mce is the unnormalized mean corruption error over the "
+                                "corruptions and severities run (use a baseline run to normalize)"}
+        if tuple(sevs) != (1, 2, 3, 4, 5) or not used or r["n_evaluated"] == 0:
+            return {"ce": None, "mce": None, "mce_normalization": "alexnet",
+                    "mce_note": "mCE needs all five severities of at least one ImageNet-C corruption"}
+        ce = {c: r["error"][c] / ALEXNET_ERRORS[c] for c in used}
+        note = "" if len(used) == 15 else (f"over {len(used)} of the 15 ImageNet-C corruptions: not comparable "
+                                           f"with published mCE")
+        return {"ce": ce, "mce": float(np.mean(list(ce.values()))), "mce_normalization": "alexnet",
+                "mce_note": note, "alexnet": {"source": ALEXNET_SOURCE, "errors": ALEXNET_ERRORS}}
+
+    @staticmethod
+    def _against_baseline(r: dict, path: str) -> dict:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"baseline results {path} not found (give a run's results.json)")
+        base = json.loads(p.read_text()).get("probes", {}).get("corruptions")
+        if not base:
+            raise ValueError(f"{path} has no probes.corruptions result to compare with")
+        if base.get("parameter_set") != r["parameter_set"]:
+            raise ValueError(f"baseline used the {base.get('parameter_set')} corruption parameters, this run "
+                             f"{r['parameter_set']}: errors are not comparable")
+        shared = [c for c in r["corruptions"] if c in base.get("accuracy", {})]
+        ce, rel = {}, {}
+        for c in shared:
+            sev = [s for s in r["accuracy"][c] if base["accuracy"][c].get(s) is not None]
+            if not sev:
+                continue
+            e = np.array([1 - r["accuracy"][c][s] for s in sev])
+            eb = np.array([1 - base["accuracy"][c][s] for s in sev])
+            ce[c] = float(e.sum() / eb.sum()) if eb.sum() > 0 else None
+            gap_b = (eb - (1 - base["clean_accuracy"])).sum()
+            rel[c] = float((e - (1 - r["clean_accuracy"])).sum() / gap_b) if gap_b > 0 else None
+        ok_ce = [v for v in ce.values() if v is not None]
+        ok_rel = [v for v in rel.values() if v is not None]
+        return {"path": str(p), "model": json.loads(p.read_text()).get("model", {}).get("spec"),
+                "corruptions": list(ce), "ce": ce, "relative_ce": rel,
+                "mce": float(np.mean(ok_ce)) if ok_ce else None,
+                "relative_mce": float(np.mean(ok_rel)) if ok_rel else None,
+                "clean_accuracy": base.get("clean_accuracy")}
+
+    @staticmethod
+    def _examples(ctx: ProbeContext, names, sevs, pset: str, side: int) -> dict:
+        """A JPEG grid of the first image: one row per corruption, clean then each severity."""
+        from PIL import Image
+
+        from ..corruptions import corrupt
+
+        eng, ds = ctx.engine, ctx.dataset
+        sample = next((s for s in (ds[k] for k in range(min(len(ds), 16))) if s.image is not None), None)
+        if sample is None:
+            return {}
+        img = eng.transform(sample.image)[None].to(eng.device)
+        sid = ds.sample_id(sample.index)
+        rows = [[img] + [corrupt(img, n, s, seed=ctx.seed, sample_ids=[sid], params=pset) for s in sevs]
+                for n in names]
+        grid = torch.cat([torch.cat(r, 3) for r in rows], 2)[0]  # (3, rows*H, cols*W)
+        h, w = img.shape[-2:]
+        scale = min(1.0, side / max(h, w))
+        pil = Image.fromarray(grid.permute(1, 2, 0).cpu().numpy())
+        if scale < 1:
+            pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.BOX)
+        buf = io.BytesIO()
+        pil.save(buf, "JPEG", quality=85)
+        return {"sample_id": sid, "rows": list(names), "columns": ["clean"] + [str(s) for s in sevs],
+                "jpeg_base64": base64.b64encode(buf.getvalue()).decode()}
+
+    def summary(self, r: dict) -> list[tuple[str, str]]:
+        def f(v):
+            return "n/a" if v is None else f"{v:.4f}"
+
+        out = [("clean accuracy", f(r["clean_accuracy"])), ("mean corruption accuracy", f(r["mean_accuracy"]))]
+        label = "mCE (AlexNet-normalized)" if r["mce_normalization"] == "alexnet" else "mean corruption error"
+        out.append((label, f(r["mce"])))
+        if "baseline" in r:
+            out.append(("mCE / relative mCE vs baseline", f"{f(r['baseline']['mce'])} / "
+                                                            f"{f(r['baseline']['relative_mce'])}"))
+        return out
+
+    def render(self, r: dict, sec) -> None:
+        sec.p(f"{len(r['corruptions'])} corruptions x severities {r['severities']} with the {r['parameter_set']} "
+              f"parameters ({r['parameter_source']}), seed {r['seed']}, on {r['n_evaluated']} images; each "
+              f"image's random draw depends on the seed, corruption, severity and sample id only.")
+        rows = [("clean accuracy", r["clean_accuracy"]), ("mean corruption accuracy", r["mean_accuracy"]),
+                ("mean corruption error", r["mean_error"])]
+        if r["mce_normalization"] == "alexnet" and r["mce"] is not None:
+            rows.append(("mCE (AlexNet-normalized)", r["mce"]))
+        if "baseline" in r:
+            b = r["baseline"]
+            rows += [(f"mCE vs baseline {b['model']}", b["mce"]), ("relative mCE vs baseline", b["relative_mce"])]
+        sec.kv([(k, "n/a" if v is None else v) for k, v in rows])
+        if r.get("mce_note"):
+            sec.p(r["mce_note"])
+        if r["mce_normalization"] == "alexnet" and r.get("alexnet"):
+            sec.p("Normalization: " + r["alexnet"]["source"] + ".")
+        sevs = [str(s) for s in r["severities"]]
+        head = ["corruption"] + [f"sev {s}" for s in sevs] + ["mean", "CE"]
+        table = []
+        for c in r["corruptions"]:
+            accs = [r["accuracy"][c][s] for s in sevs]
+            ce = (r.get("ce") or {}).get(c)
+            table.append([c] + accs + [float(np.mean(accs)), "" if ce is None else ce])
+        sec.table(head, table)
+        if r["n_evaluated"]:
+            sec.figure(self._plot(r), "Accuracy against severity (0 = clean) per corruption; the black line is "
+                                      "the mean over corruptions")
+        ex = r.get("examples")
+        if ex:
+            sec.figure(self._grid(ex), f"Sample {ex['sample_id']}: clean, then each severity")
+
+    @staticmethod
+    def _plot(r: dict):
+        import matplotlib.pyplot as plt
+
+        from . import plots  # noqa: F401  (Agg backend)
+
+        sevs = [str(s) for s in r["severities"]]
+        xs = [0] + [int(s) for s in sevs]
+        fig, ax = plt.subplots(figsize=(7.5, 4.2))
+        cmap = {"noise": "Reds", "blur": "Blues", "weather": "Greens", "digital": "Purples", "extra": "Greys"}
+        for fam, members in FAMILIES.items():
+            cs = [c for c in members if c in r["accuracy"]]
+            colors = plt.get_cmap(cmap[fam])(np.linspace(0.45, 0.9, max(1, len(cs))))
+            for c, col in zip(cs, colors):
+                ax.plot(xs, [r["clean_accuracy"]] + [r["accuracy"][c][s] for s in sevs], marker="o", ms=3,
+                        lw=1.2, color=col, label=c)
+        mean = [r["clean_accuracy"]] + [float(np.mean([r["accuracy"][c][s] for c in r["corruptions"]]))
+                                        for s in sevs]
+        ax.plot(xs, mean, color="k", lw=2.5, label="mean")
+        ax.set_xticks(xs)
+        ax.set_xticklabels(["clean"] + sevs)
+        ax.set_xlabel("severity")
+        ax.set_ylabel("top-1 accuracy")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+        return fig
+
+    @staticmethod
+    def _grid(ex: dict):
+        import matplotlib.pyplot as plt
+        from PIL import Image
+
+        from . import plots  # noqa: F401
+
+        img = np.asarray(Image.open(io.BytesIO(base64.b64decode(ex["jpeg_base64"]))))
+        nr, nc = len(ex["rows"]), len(ex["columns"])
+        fig, ax = plt.subplots(figsize=(1.2 * nc + 1.6, 1.2 * nr))
+        ax.imshow(img, interpolation="nearest")
+        h, w = img.shape[0] / nr, img.shape[1] / nc
+        ax.set_yticks([(i + 0.5) * h for i in range(nr)])
+        ax.set_yticklabels(ex["rows"], fontsize=8)
+        ax.set_xticks([(j + 0.5) * w for j in range(nc)])
+        ax.set_xticklabels(ex["columns"], fontsize=8)
+        ax.tick_params(length=0)
+        for s in ax.spines.values():
+            s.set_visible(False)
+        return fig

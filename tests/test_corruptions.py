@@ -1,0 +1,283 @@
+"""Corruptions: invariants (batch and order independence, seeding), errors, the ``imgclass corrupt`` command and
+the ``corruptions`` probe. The comparisons with imagecorruptions are in test_corruptions_reference.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgclass import evaluate
+from imgclass.corruptions import COMMON, CORRUPTIONS, RANDOM, apply, corrupt, draw
+from imgclass.data.base import ArrayDataset
+from imgclass.data.labels import LabelSpace
+
+from conftest import mirror_file
+from helpers import tiny_classifier
+
+
+def _images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Smooth random images (natural-ish statistics: the corruptions have something to work on)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, size // 4, size // 4, generator=g)
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return (x * 255).round().to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# invariants
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_same_seed_gives_identical_images_at_batch_size_1_and_64_in_any_order(name):
+    """Invariant: each image's draw depends on (seed, corruption, severity, sample id) only."""
+    x = _images(64)
+    ids = [f"s{i}" for i in range(64)]
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(1))
+    for params, size in (("imagenet", 1), ("cifar10", 16)):
+        full = corrupt(x, name, 5, seed=11, sample_ids=ids, params=params)
+        parts = torch.cat([corrupt(x[i:i + size], name, 5, seed=11, sample_ids=ids[i:i + size], params=params)
+                           for i in range(0, 64, size)])
+        assert torch.equal(full, parts)
+        shuffled = corrupt(x[perm], name, 5, seed=11, sample_ids=[ids[i] for i in perm], params=params)
+        assert torch.equal(shuffled, full[perm])
+        assert full.dtype == torch.uint8 and full.shape == x.shape
+
+
+def test_seed_and_sample_id_change_the_random_draw_only():
+    """Invariant: random corruptions change with the seed or the sample id, deterministic ones do not."""
+    x = _images(2)
+    x = torch.cat([x[:1], x[:1]])  # the same image under two ids
+    for name in CORRUPTIONS:
+        a = corrupt(x, name, 3, seed=0, sample_ids=["a", "b"])
+        b = corrupt(x, name, 3, seed=1, sample_ids=["a", "b"])
+        if name in RANDOM:
+            assert not torch.equal(a, b), name
+            assert not torch.equal(a[0], a[1]), name
+        else:
+            assert torch.equal(a, b) and torch.equal(a[0], a[1]), name
+    int_id = corrupt(x[:1], "gaussian_noise", 3, seed=0, sample_ids=[5])
+    assert not torch.equal(int_id, corrupt(x[:1], "gaussian_noise", 3, seed=0, sample_ids=["5"]))
+
+
+def test_severity_increases_the_damage():
+    """Invariant of the ImageNet-C design: on average, severity 5 moves the image further from the clean one than
+    severity 1. (Not for the CIFAR generator's elastic transform: its severity 1 is a large affine jitter.)"""
+    x = _images(4, 48)
+    for params in ("imagenet", "cifar10"):
+        for name in CORRUPTIONS:
+            if params == "cifar10" and name == "elastic_transform":
+                continue
+            mad = [float((corrupt(x, name, s, seed=0, sample_ids=list(range(4)), params=params).float()
+                          - x.float()).abs().mean()) for s in (1, 5)]
+            assert mad[1] > mad[0], (params, name, mad)
+
+
+def test_glass_blur_pixel_walk_equals_the_sequential_loop():
+    """The pointer-jumping shuffle against the reference's loop written out (x[h, w] = x[h', w'] on views)."""
+    from imgclass.corruptions.blur import glass_sources
+
+    h, w, d, iters = 13, 17, 2, 3
+    g = torch.Generator().manual_seed(0)
+    off = torch.randint(-d, d, (2, iters, h - 2 * d, w - 2 * d, 2), generator=g)
+    src = glass_sources(off, h, w, d)
+    for n in range(2):
+        img = np.arange(h * w).reshape(h, w)
+        for it in range(iters):
+            for hh in range(h - d, d, -1):
+                for ww in range(w - d, d, -1):
+                    dx, dy = off[n, it, hh - d - 1, ww - d - 1].tolist()
+                    img[hh, ww] = img[hh + dy, ww + dx]
+        np.testing.assert_array_equal(src[n].numpy(), img.ravel())
+
+
+def test_bad_input_gets_a_clear_error():
+    x = _images(2)
+    with pytest.raises(TypeError, match="uint8"):
+        corrupt(x.float(), "fog", 1, seed=0, sample_ids=[0, 1])
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        corrupt(x[:, :1], "fog", 1, seed=0, sample_ids=[0, 1])
+    with pytest.raises(ValueError, match="known: gaussian_noise"):
+        corrupt(x, "rain", 1, seed=0, sample_ids=[0, 1])
+    with pytest.raises(ValueError, match="1..5"):
+        corrupt(x, "fog", 6, seed=0, sample_ids=[0, 1])
+    with pytest.raises(ValueError, match="cifar10"):
+        corrupt(x, "fog", 1, seed=0, sample_ids=[0, 1], params="tiny")
+    with pytest.raises(ValueError, match="2 images"):
+        corrupt(x, "fog", 1, seed=0, sample_ids=[0])
+    with pytest.raises(ValueError, match="at least 8x8"):
+        corrupt(x[..., :4, :4], "fog", 1, seed=0, sample_ids=[0, 1])
+    assert corrupt(x[:0], "fog", 1, seed=0, sample_ids=[]).shape == (0, 3, 32, 32)
+
+
+def test_frost_without_the_textures_names_the_package(monkeypatch):
+    import importlib.util
+
+    from imgclass.corruptions import weather
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "imagecorruptions" else real(n, *a))
+    weather._frost_resized.cache_clear()
+    weather._frost_texture.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="pip install imagecorruptions"):
+            corrupt(_images(1), "frost", 1, seed=0, sample_ids=[0])
+    finally:
+        weather._frost_resized.cache_clear()
+        weather._frost_texture.cache_clear()
+
+
+def test_draw_then_apply_is_corrupt():
+    x = _images(3)
+    for name in ("snow", "glass_blur", "contrast"):
+        d = draw(x, name, 2, seed=4, sample_ids=[0, 1, 2])
+        assert torch.equal(apply(x, name, 2, d), corrupt(x, name, 2, seed=4, sample_ids=[0, 1, 2]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# imgclass corrupt
+
+
+def _run_cli(*args) -> int:
+    from imgclass.cli import main
+
+    return main(["corrupt", *args])
+
+
+def test_corrupt_command_on_a_plain_folder_keeps_names(tmp_path, capsys):
+    """Output = corrupt() of the decoded file, seeded by its relative path, saved as PNG under the same name."""
+    src = tmp_path / "in"
+    (src / "deep" / "er").mkdir(parents=True)
+    arrays = {"a.jpg": _images(1, 40, 1)[0], "deep/er/b.png": _images(1, 40, 2)[0], "c.png": _images(1, 24, 3)[0]}
+    for rel, t in arrays.items():
+        Image.fromarray(t.permute(1, 2, 0).numpy()).save(src / rel, quality=95)
+    assert _run_cli(str(src), "--corruption", "snow", "--severity", "3", "--seed", "5", "--out",
+                    str(tmp_path / "o"), "--quiet") == 0
+    for rel in arrays:
+        decoded = torch.from_numpy(np.array(Image.open(src / rel).convert("RGB"))).permute(2, 0, 1)[None]
+        want = corrupt(decoded, "snow", 3, seed=5, sample_ids=[rel])[0].permute(1, 2, 0).numpy()
+        out = tmp_path / "o" / rel.rsplit(".", 1)[0]
+        np.testing.assert_array_equal(np.array(Image.open(f"{out}.png")), want)
+    assert _run_cli(str(src), "--corruption", "all", "--severity", "all", "--out", str(tmp_path / "all"), "--quiet",
+                    "--params", "cifar10") == 0
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == sorted(CORRUPTIONS)
+    assert sorted(p.name for p in (tmp_path / "all" / "fog").iterdir()) == ["1", "2", "3", "4", "5"]
+    assert (tmp_path / "all" / "fog" / "4" / "deep" / "er" / "b.png").is_file()
+    assert _run_cli(str(src), "--corruption", "rain", "--severity", "1", "--out", str(tmp_path / "x")) == 2
+    assert "known: gaussian_noise" in capsys.readouterr().err
+
+
+def test_corrupt_command_on_a_dataset_spec(tmp_path):
+    imgs = _images(5, 32, 7).permute(0, 2, 3, 1).numpy()
+    np.savez(tmp_path / "d.npz", images=imgs, labels=np.arange(5) % 2)
+    assert _run_cli(f"npz:{tmp_path / 'd.npz'}", "--corruption", "fog", "--severity", "2", "--out",
+                    str(tmp_path / "o"), "--quiet") == 0
+    files = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert len(files) == 5 and all(f.endswith(".png") for f in files)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the corruptions probe
+
+
+def _tiny_data() -> ArrayDataset:
+    return ArrayDataset(_images(12, 32, 9).permute(0, 2, 3, 1).numpy(), np.arange(12) % 3,
+                        LabelSpace.from_names(["a", "b", "c"]), spec="tiny")
+
+
+def _tiny_run(tmp_path, name="run", **params):
+    res = evaluate(tiny_classifier(["a", "b", "c"], size=32), _tiny_data(), probes=["corruptions"],
+                   probe_params={"corruptions": params}, out=tmp_path / name, progress=False, workers=0, batch_size=5)
+    return res["probes"]["corruptions"]
+
+
+def test_probe_decodes_each_image_once():
+    """All corruptions x severities of a batch come from one decoded copy (plus one decode for the example grid)."""
+    from imgclass.engine import Engine
+    from imgclass.probes import ProbeContext, get_probe
+
+    clf = tiny_classifier(["a", "b", "c"], size=32)
+    ds = _tiny_data()
+    loads = []
+    original = ds.load
+    ds.load = lambda i: (loads.append(i), original(i))[1]
+    ctx = ProbeContext(clf, ds, Engine(clf, batch_size=5, workers=0, device="cpu", progress=False))
+    r = get_probe("corruptions", corruptions="fog,contrast", severities="2,4").run(ctx)
+    assert len(r["accuracy"]) == 2 and len(loads) == 12 + 1 and sorted(set(loads)) == list(range(12))
+
+
+def test_probe_results_and_report(tmp_path):
+    r = _tiny_run(tmp_path, corruptions="gaussian_noise,contrast,frost", severities="1,5")
+    assert set(r["accuracy"]) == {"gaussian_noise", "contrast", "frost"}
+    assert set(r["accuracy"]["contrast"]) == {"1", "5"}
+    cells = [a for c in r["accuracy"].values() for a in c.values()]
+    assert r["mean_accuracy"] == pytest.approx(np.mean(cells))
+    assert r["parameter_set"] == "cifar10" and r["mce_normalization"] == "none"
+    assert r["mce"] == pytest.approx(1 - r["mean_accuracy"])
+    assert r["examples"]["rows"] == ["gaussian_noise", "contrast", "frost"] and r["examples"]["jpeg_base64"]
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())["probes"]["corruptions"]
+    assert saved["accuracy"] == r["accuracy"]
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "Common corruptions" in html and html.count("<img") == 2  # the accuracy plot and the example grid
+
+
+def test_probe_accuracy_equals_direct_evaluation(tmp_path):
+    """Reference: the model applied by hand to corrupt() of the same images with the same ids and seed."""
+    r = _tiny_run(tmp_path, corruptions="motion_blur", severities=(2,), example_size=0)
+    clf = tiny_classifier(["a", "b", "c"], size=32)
+    x = _images(12, 32, 9)
+    y = torch.as_tensor(np.arange(12) % 3)
+    xc = corrupt(x, "motion_blur", 2, seed=0, sample_ids=[str(i) for i in range(12)], params="cifar10")
+    with torch.no_grad():
+        acc = float((clf(xc.float() / 255).argmax(1) == y).double().mean())
+    assert r["accuracy"]["motion_blur"]["2"] == pytest.approx(acc)
+
+
+def test_mce_is_one_for_alexnets_own_errors():
+    """Reference: the published AlexNet table defines mCE = 100 % for AlexNet (Hendrycks & Dietterich 2019)."""
+    from imgclass.probes.corruptions import ALEXNET_ERRORS, CorruptionsProbe
+
+    r = {"error": dict(ALEXNET_ERRORS), "n_evaluated": 10, "mean_error": 0.8}
+    out = CorruptionsProbe._mce(r, COMMON, (1, 2, 3, 4, 5), "imagenet", COMMON)
+    assert out["mce"] == pytest.approx(1.0) and out["mce_note"] == ""
+    assert all(v == pytest.approx(1.0) for v in out["ce"].values())
+    half = {c: e / 2 for c, e in ALEXNET_ERRORS.items()}
+    assert CorruptionsProbe._mce({**r, "error": half}, COMMON, (1, 2, 3, 4, 5), "imagenet", COMMON)["mce"] == \
+        pytest.approx(0.5)
+    assert CorruptionsProbe._mce(r, COMMON, (1, 3), "imagenet", COMMON)["mce"] is None
+
+
+def test_relative_mce_against_itself_is_one(tmp_path):
+    """Invariant: a run compared with itself as baseline has CE = relative CE = 1 for every corruption."""
+    _tiny_run(tmp_path, "base", corruptions="gaussian_noise,pixelate", example_size=0)
+    r = _tiny_run(tmp_path, "again", corruptions="gaussian_noise,pixelate", example_size=0,
+                     baseline=str(tmp_path / "base" / "results.json"))
+    b = r["baseline"]
+    assert b["mce"] == pytest.approx(1.0)
+    assert all(v is None or v == pytest.approx(1.0) for v in b["relative_ce"].values())
+    with pytest.raises(FileNotFoundError):
+        _tiny_run(tmp_path, "bad", corruptions="fog", baseline=str(tmp_path / "missing.json"))
+
+
+@pytest.mark.slow
+def test_cifar10_resnet20_degrades_like_cifar10c():
+    """Reference: the CIFAR-10-C results of Hendrycks & Dietterich (ICLR 2019): accuracy falls with severity,
+    noise and blur corruptions hurt most, brightness least (zoo:cifar10-resnet20, 160 lossless test images)."""
+    mirror_file("cifar10-lossless/test-first1000.npz")
+    mirror_file("models/akamaster-resnet-cifar10/resnet20-12fca82f.th")
+    res = evaluate("zoo:cifar10-resnet20", "zoo:cifar10-lossless:test", probes=["corruptions"], limit=160,
+                   probe_params={"corruptions": {"example_size": 0}}, progress=False, batch_size=160)
+    r = res["probes"]["corruptions"]
+    assert r["parameter_set"] == "cifar10" and r["corruptions"] == list(COMMON)
+    by_sev = [r["clean_accuracy"]] + [np.mean([r["accuracy"][c][str(s)] for c in COMMON]) for s in range(1, 6)]
+    assert all(a > b for a, b in zip(by_sev, by_sev[1:])), by_sev
+    fam = {f: np.mean([np.mean(list(r["accuracy"][c].values())) for c in members])
+           for f, members in {"noise": COMMON[0:3], "blur": COMMON[3:7], "weather": COMMON[7:11],
+                              "digital": COMMON[11:15]}.items()}
+    assert max(fam["noise"], fam["blur"]) < min(fam["weather"], fam["digital"]), fam
+    mean_acc = {c: np.mean(list(r["accuracy"][c].values())) for c in COMMON}
+    assert max(mean_acc, key=mean_acc.get) == "brightness", mean_acc
+    assert 0.5 < r["mean_accuracy"] < 0.85  # ResNets lose 15-30 points on CIFAR-10-C
