@@ -1,0 +1,99 @@
+"""The evaluation protocol around the attacks: default epsilons, the large-epsilon budget, and the
+gradient-masking sanity checks of Athalye, Carlini & Wagner (2018)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import ATTACKS, format_eps
+
+__all__ = ["default_eps", "large_eps", "sanity_checks", "WHITE_BOX", "BLACK_BOX"]
+
+WHITE_BOX = "white-box"
+BLACK_BOX = ("black-box (scores)", "black-box (decisions)")
+
+
+def default_eps(input_size: tuple[int, int, int], norm: str) -> tuple[str, ...]:
+    """Epsilons for a model's input resolution: the CIFAR ladder for small inputs (Linf 1..8/255, L2
+    0.125..1), a smaller ladder for ImageNet-size inputs (Linf 0.5..4/255, L2 0.25..3)."""
+    small = max(input_size[1:]) <= 64
+    if norm == "linf":
+        return ("1/255", "2/255", "4/255", "8/255") if small else ("0.5/255", "1/255", "2/255", "4/255")
+    if norm == "l2":
+        return ("0.125", "0.25", "0.5", "1") if small else ("0.25", "0.5", "1", "3")
+    raise ValueError(f"unknown norm {norm!r}; known: linf, l2")
+
+
+def large_eps(input_size: tuple[int, int, int], norm: str) -> str:
+    """A budget under which every honest model is broken: Linf 64/255, L2 0.1 * sqrt(dims) (5.5 on CIFAR)."""
+    if norm == "linf":
+        return "64/255"
+    return f"{0.1 * math.sqrt(int(np.prod(input_size))):.3g}"
+
+
+def sanity_checks(*, robust_accuracy: dict[str, dict[str, float]], eps_values: dict[str, float],
+                  ensemble: dict[str, float] | None = None, large: tuple[str, float] | None = None,
+                  per_sample: dict[str, dict[str, np.ndarray]] | None = None, tolerance: float = 0.02,
+                  randomized: bool = False, eot_samples: int = 1) -> list[str]:
+    """Warnings that flag a suspect evaluation (gradient masking), empty when every check passes.
+
+    ``robust_accuracy[attack][eps_key]``; ``eps_values[eps_key]`` its value; ``large`` the
+    (eps_key, accuracy) of a white-box attack at a large budget; ``per_sample[attack][eps_key]`` the
+    robust flags per sample (for the black-box vs white-box count).
+    """
+    out: list[str] = []
+    keys = sorted(eps_values, key=eps_values.get)
+    curves = dict(robust_accuracy)
+    if ensemble:
+        curves["ensemble"] = ensemble
+    # 1. robust accuracy must not rise with epsilon
+    for name, acc in curves.items():
+        ks = [k for k in keys if acc.get(k) is not None]
+        for a, b in zip(ks, ks[1:]):
+            if acc[b] > acc[a] + tolerance:
+                out.append(f"SUSPECT: robust accuracy under {name} rises from {acc[a]:.2%} at eps {a} to "
+                           f"{acc[b]:.2%} at eps {b}; a larger budget cannot help the model, so the attack is "
+                           "failing (gradient masking?)")
+    # 2. a large budget must break (almost) everything
+    if large is not None and large[1] > tolerance:
+        out.append(f"SUSPECT: PGD at the large budget eps {large[0]} leaves {large[1]:.2%} accuracy; it should reach "
+                   "~0. Gradients may be obfuscated, shattered or saturated.")
+    # 3. a black-box attack must not beat the white-box ones
+    white = [a for a in robust_accuracy if a in ATTACKS and ATTACKS[a].threat == WHITE_BOX]
+    black = [a for a in robust_accuracy if a in ATTACKS and ATTACKS[a].threat in BLACK_BOX]
+    for k in keys:
+        wb = [(robust_accuracy[a][k], a) for a in white if robust_accuracy[a].get(k) is not None]
+        bb = [(robust_accuracy[a][k], a) for a in black if robust_accuracy[a].get(k) is not None]
+        if not wb or not bb:
+            continue
+        w_acc, w_name = min(wb)
+        b_acc, b_name = min(bb)
+        if b_acc < w_acc - tolerance:
+            extra = ""
+            if per_sample and all(k in per_sample.get(a, {}) for a in white + [b_name]):
+                wb_rob = np.logical_and.reduce([per_sample[a][k] for a in white])
+                only = int(np.sum(wb_rob & ~per_sample[b_name][k]))
+                extra = f" ({only} samples resist every white-box attack but fall to {b_name})"
+            out.append(f"SUSPECT: black-box {b_name} ({b_acc:.2%}) beats the best white-box attack {w_name} "
+                       f"({w_acc:.2%}) at eps {k}{extra}; the gradients do not show the model's real weakness.")
+    # 4. iterative attacks must beat single-step ones
+    iterative = [a for a in white if a != "fgsm" and not ATTACKS[a].minimal]
+    if "fgsm" in robust_accuracy and iterative:
+        for k in keys:
+            it = [robust_accuracy[a][k] for a in iterative if robust_accuracy[a].get(k) is not None]
+            f = robust_accuracy["fgsm"].get(k)
+            if it and f is not None and f < min(it) - tolerance:
+                out.append(f"SUSPECT: single-step FGSM ({f:.2%}) beats the iterative attacks ({min(it):.2%}) at eps {k}; "
+                           "the loss surface is not smooth around the data (gradient masking?)")
+    if randomized and eot_samples == 1:
+        out.append("The model is randomized (two forward passes on the same images differ), and the attacks used one "
+                   "sample per gradient: set eot_samples > 1 (expectation over transformation) for a reliable figure.")
+    return out
+
+
+def eps_key(text: str, value: float) -> str:
+    """The results key of an epsilon as the user wrote it (``"8/255"``), or a canonical one for numbers."""
+    t = str(text).strip()
+    return t if t else format_eps(value)
