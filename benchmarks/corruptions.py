@@ -7,6 +7,11 @@ images (``--ref-seconds`` caps each), throughput is images per second in both ca
 
     python benchmarks/corruptions.py                      # both sizes, every corruption
     python benchmarks/corruptions.py --size 32 --only glass_blur,zoom_blur --batch 128
+    python benchmarks/corruptions.py --threads 1 --clock cpu   # on a machine shared with other jobs
+
+``--threads`` sets torch's and OpenCV's (the reference's) thread counts alike. On a machine whose cores are
+busy with other work, more threads than free cores make OpenMP wait for each other (several times slower):
+use ``--threads 1``, and ``--clock cpu`` (process CPU time, all threads counted) for steadier numbers.
 """
 
 from __future__ import annotations
@@ -53,16 +58,19 @@ def cifar_images(n: int) -> np.ndarray:
         return np.ascontiguousarray(z["images"][:n])
 
 
+CLOCK = time.perf_counter
+
+
 def time_reference(mod, run_reference, name: str, images: np.ndarray, budget: float) -> tuple[float, int]:
     """Images per second of the reference (all severities), on as many images as fit the time budget."""
-    done, t0 = 0, time.perf_counter()
+    done, t0 = 0, CLOCK()
     for img in images:
         for s in SEVERITIES:
             run_reference(mod, name, img, s)
         done += 1
-        if time.perf_counter() - t0 > budget:
+        if CLOCK() - t0 > budget:
             break
-    return done * len(SEVERITIES) / (time.perf_counter() - t0), done
+    return done * len(SEVERITIES) / (CLOCK() - t0), done
 
 
 def time_ours(name: str, images: np.ndarray, batch: int) -> float:
@@ -70,11 +78,11 @@ def time_ours(name: str, images: np.ndarray, batch: int) -> float:
     ids = list(range(len(x)))
     for s in SEVERITIES:  # warm-up: caches (zoom operators, frost textures, filter matrices)
         corrupt(x[:2], name, s, seed=0, sample_ids=ids[:2])
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     for i in range(0, len(x), batch):
         for s in SEVERITIES:
             corrupt(x[i:i + batch], name, s, seed=0, sample_ids=ids[i:i + batch])
-    return len(x) * len(SEVERITIES) / (time.perf_counter() - t0)
+    return len(x) * len(SEVERITIES) / (CLOCK() - t0)
 
 
 def main() -> int:
@@ -84,17 +92,28 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=64, help="images per size (default 64)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--ref-seconds", type=float, default=4.0, help="time budget of the reference per corruption")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch and OpenCV threads (default: their own defaults)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall-clock time, or process CPU time over all threads (steadier on a shared machine)")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
+        try:
+            import cv2
+
+            cv2.setNumThreads(args.threads)
+        except ImportError:
+            pass
     warnings.filterwarnings("ignore")
     from test_corruptions_reference import load_reference, run_reference
 
-    mod, _ = load_reference()
+    mod, _ = load_reference(controlled=False)  # as released, but for NumPy 2 / scikit-image fixes
     names = args.only.split(",") if args.only else list(CORRUPTIONS)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"{args.images} images, severities 1-5, imagenet parameters")
+          f"{args.images} images, severities 1-5, imagenet parameters, {args.clock} clock")
     all_ratios = []
     for size in args.size or (224, 32):
         images = imagenet_crops(args.images) if size == 224 else cifar_images(args.images)

@@ -47,6 +47,21 @@ def test_same_seed_gives_identical_images_at_batch_size_1_and_64_in_any_order(na
         assert full.dtype == torch.uint8 and full.shape == x.shape
 
 
+def test_cpu_pieces_change_nothing(monkeypatch):
+    """Invariant: corrupt() works through CPU batches in cache-sized pieces; pieces of 5 images (not a divisor of 16)
+    give the same images as one draw and apply over the whole batch."""
+    import dataclasses
+
+    from imgclass.corruptions import base
+
+    x = _images(16)
+    ids = [f"s{i}" for i in range(16)]
+    for name in CORRUPTIONS:
+        whole = apply(x, name, 4, draw(x, name, 4, seed=2, sample_ids=ids))
+        monkeypatch.setitem(base.REGISTRY, name, dataclasses.replace(base.REGISTRY[name], chunk=5 * x[0].numel()))
+        assert torch.equal(corrupt(x, name, 4, seed=2, sample_ids=ids), whole), name
+
+
 def test_seed_and_sample_id_change_the_random_draw_only():
     """Invariant: random corruptions change with the seed or the sample id, deterministic ones do not."""
     x = _images(2)
@@ -265,11 +280,15 @@ def test_relative_mce_against_itself_is_one(tmp_path):
 @pytest.mark.slow
 def test_cifar10_resnet20_degrades_like_cifar10c():
     """Reference: the CIFAR-10-C results of Hendrycks & Dietterich (ICLR 2019): accuracy falls with severity,
-    noise and blur corruptions hurt most, brightness least (zoo:cifar10-resnet20, 160 lossless test images)."""
+    noise and blur corruptions hurt most, brightness least (zoo:cifar10-resnet20 on a seeded subset of 100 lossless
+    test images, 7,600 forward passes). On this subset the smallest gap between consecutive severities is 5.5
+    points, between the noise/blur and the weather/digital families 3.3, between brightness and the next corruption
+    5.6, for corruption seeds 0, 1 and 2 alike; on all 1,000 images the families read noise 0.50, blur 0.68,
+    digital 0.73, weather 0.80, brightness 0.90."""
     mirror_file("cifar10-lossless/test-first1000.npz")
     mirror_file("models/akamaster-resnet-cifar10/resnet20-12fca82f.th")
-    res = evaluate("zoo:cifar10-resnet20", "zoo:cifar10-lossless:test", probes=["corruptions"], limit=160,
-                   probe_params={"corruptions": {"example_size": 0}}, progress=False, batch_size=160)
+    res = evaluate("zoo:cifar10-resnet20", "zoo:cifar10-lossless:test", probes=["corruptions"], limit=100,
+                   probe_params={"corruptions": {"example_size": 0}}, progress=False, batch_size=100)
     r = res["probes"]["corruptions"]
     assert r["parameter_set"] == "cifar10" and r["corruptions"] == list(COMMON)
     by_sev = [r["clean_accuracy"]] + [np.mean([r["accuracy"][c][str(s)] for c in COMMON]) for s in range(1, 6)]

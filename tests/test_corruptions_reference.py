@@ -36,6 +36,21 @@ class FakeRandom:
         self.rng = np.random.RandomState(seed)
         self.queue: deque = deque()
         self.randints: list = []  # what randint returned, in order
+        self._blocks: dict = {}  # (low, high, size) -> iterator over a block of seeded draws
+
+    def _randint_block(self, low, high, size):
+        """Seeded randint draws served from blocks of 4,096: the same distribution as one call per draw,
+        without NumPy's per-call overhead (glass blur asks once per pixel)."""
+        key = (low, high, size if size is None else tuple(np.atleast_1d(size)))
+        it = self._blocks.get(key)
+        v = next(it, None) if it is not None else None
+        if v is None:
+            shape = (4096,) if size is None else (4096, *key[2])
+            block = self.rng.randint(low, high, shape)
+            it = iter(block.tolist()) if size is None else iter(list(block))
+            self._blocks[key] = it
+            v = next(it)
+        return v
 
     def push(self, *values) -> None:
         self.queue.extend(values)
@@ -57,7 +72,7 @@ class FakeRandom:
         return low + (high - low) * self._next(size)
 
     def randint(self, low, high=None, size=None):
-        v = self._next(size) if self.queue else self.rng.randint(low, high, size)
+        v = self._next(size) if self.queue else self._randint_block(low, high, size)
         self.randints.append(v)
         return v
 
@@ -80,10 +95,39 @@ class _Proxy(types.ModuleType):
         return getattr(self._base, name)
 
 
-def load_reference(seed: int = 0):
+_CV2_CACHE: dict = {}
+
+
+def _cached_cv2(cv2):
+    """OpenCV for the reference, with the frost textures read and rescaled once per session (frost reads a
+    texture file and resizes it on every call). The cached arrays are read-only: the reference never writes them."""
+
+    def imread(filename, *a):
+        key = ("imread", filename, a)
+        if key not in _CV2_CACHE:
+            _CV2_CACHE[key] = cv2.imread(filename, *a)
+            _CV2_CACHE[key].flags.writeable = False
+        return _CV2_CACHE[key]
+
+    def resize(src, dsize=None, *a, **kw):
+        texture = next((k for k, v in _CV2_CACHE.items() if k[0] == "imread" and v is src), None)
+        if texture is None:
+            return cv2.resize(src, dsize, *a, **kw)
+        key = ("resize", texture, tuple(dsize), a, tuple(sorted(kw.items())))
+        if key not in _CV2_CACHE:
+            _CV2_CACHE[key] = cv2.resize(src, dsize, *a, **kw)
+            _CV2_CACHE[key].flags.writeable = False
+        return _CV2_CACHE[key]
+
+    return _Proxy(cv2, imread=imread, resize=resize)
+
+
+def load_reference(seed: int = 0, *, controlled: bool = True):
     """The ``imagecorruptions.corruptions`` module with its NumPy-2 / scikit-image fixes and a FakeRandom.
 
-    Returns ``(module, fake_random)``; each call gives a fresh module object.
+    Returns ``(module, fake_random)``; each call gives a fresh module object. ``controlled=False`` (for timing):
+    only the compatibility fixes, the reference draws from ``np.random`` and reads its frost textures on every
+    call as released; ``fake_random`` is then None.
     """
     pytest.importorskip("imagecorruptions", reason="the reference package imagecorruptions==1.1.2 is needed")
     import skimage
@@ -95,13 +139,17 @@ def load_reference(seed: int = 0):
         spec = importlib.util.find_spec("imagecorruptions.corruptions")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-    fake = FakeRandom(seed)
 
     def gaussian(image, sigma=1.0, multichannel=None, **kw):  # the argument scikit-image 0.19 removed
         if multichannel:
             kw["channel_axis"] = -1
         return sk_gaussian(image, sigma=sigma, **kw)
 
+    mod.gaussian = gaussian
+    if not controlled:
+        mod.np = _Proxy(np, float_=np.float64)
+        return mod, None
+    fake = FakeRandom(seed)
     noise_mod = importlib.import_module("skimage.util.noise")
     np_with_fake_rng = _Proxy(np, random=_Proxy(np.random, default_rng=lambda seed=None: fake))
 
@@ -113,7 +161,7 @@ def load_reference(seed: int = 0):
             noise_mod.np = saved
 
     mod.np = _Proxy(np, float_=np.float64, random=fake)
-    mod.gaussian = gaussian
+    mod.cv2 = _cached_cv2(mod.cv2)
     mod.sk = _Proxy(skimage, util=_Proxy(skimage.util, random_noise=random_noise))
     return mod, fake
 
@@ -150,30 +198,35 @@ _CACHE: dict = {}
 
 
 def imagenet_crops(n: int, size: int = 224) -> np.ndarray:
-    """n ImageNet sample images (spread over the classes), centre square, 224 px, box-downscaled to ``size``."""
+    """n ImageNet sample images (spread over the classes), centre square, 224 px, box-downscaled to ``size``.
+
+    Decoded once per (n) for the whole session; the smaller sizes are made from the 224 px crops.
+    """
     key = ("imagenet", n, size)
-    if key not in _CACHE:
-        import io
-        import tarfile
+    if key in _CACHE:
+        return _CACHE[key]
+    from PIL import Image
 
-        from PIL import Image
+    if size != 224:
+        _CACHE[key] = np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BOX))
+                                for a in imagenet_crops(n)])
+        return _CACHE[key]
+    import io
+    import tarfile
 
-        from conftest import mirror_file
+    from conftest import mirror_file
 
-        out = []
-        with tarfile.open(mirror_file("imagenet/imagenet-samples.tar")) as tf:
-            members = sorted((m for m in tf.getmembers() if m.isfile() and m.name.lower().endswith(".jpeg")
-                              or m.isfile() and m.name.lower().endswith(".jpg")), key=lambda m: m.name)
-            for m in members[:: max(1, len(members) // n)][:n]:
-                im = Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB")
-                w, h = im.size
-                s = min(w, h)
-                im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-                im = im.resize((224, 224), Image.BICUBIC)
-                if size != 224:
-                    im = im.resize((size, size), Image.BOX)
-                out.append(np.asarray(im))
-        _CACHE[key] = np.stack(out)
+    out = []
+    with tarfile.open(mirror_file("imagenet/imagenet-samples.tar")) as tf:
+        members = sorted((m for m in tf.getmembers() if m.isfile() and m.name.lower().endswith((".jpeg", ".jpg"))),
+                         key=lambda m: m.name)
+        for m in members[:: max(1, len(members) // n)][:n]:
+            im = Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB")
+            w, h = im.size
+            s = min(w, h)
+            im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+            out.append(np.asarray(im.resize((224, 224), Image.BICUBIC)))
+    _CACHE[key] = np.stack(out)
     return _CACHE[key]
 
 
@@ -221,12 +274,13 @@ def test_every_corruption_is_classified_deterministic_or_random():
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_deterministic_corruption_equals_imagecorruptions(name):
-    """imagecorruptions 1.1.2 on the same ImageNet crops (224 px, and a non-square 72x96 one), every severity."""
+    """imagecorruptions 1.1.2 on the same ImageNet crops (two at 224 px, 300,000 values, and a non-square 72x96
+    one), every severity."""
     mod, _ = load_reference()
-    images = imagenet_crops(3)
+    images = imagenet_crops(2)
     odd = np.ascontiguousarray(imagenet_crops(1)[0][40:112, 20:116])  # 72 x 96
     for s in range(1, 6):
-        ours = as_hwc(corrupt(as_batch(images), name, s, seed=0, sample_ids=[0, 1, 2]))
+        ours = as_hwc(corrupt(as_batch(images), name, s, seed=0, sample_ids=[0, 1]))
         ref = np.stack([run_reference(mod, name, x, s) for x in images])
         exact = assert_within_one_level(ours, ref, f"{name} severity {s}")
         assert exact > 0.96, f"{name} severity {s}: only {exact:.2%} of the values are identical"
@@ -249,8 +303,9 @@ def reference_draws(name: str, draws: dict, i: int, x: torch.Tensor, p) -> list:
         return [hwc(draws["z"][i]).astype(np.float64)]
     if name == "shot_noise":
         return [hwc(poisson_inverse(x[i:i + 1], draws["u"][i:i + 1], p).view(x.shape[1:])).astype(np.int64)]
-    if name == "impulse_noise":
-        return [hwc(draws["u"][i, 0]).astype(np.float64), hwc(draws["u"][i, 1]).astype(np.float64)]
+    if name == "impulse_noise":  # ours: flip if u <= p, salt if u <= p / 2; scikit-image: two uniforms
+        u = hwc(draws["u"][i]).astype(np.float64)
+        return [u, u / p]
     if name == "glass_blur":  # one (dx, dy) per visited pixel: bottom-right first
         off = draws["offsets"][i].numpy()
         return [off[it, a, b].astype(np.int64) for it in range(off.shape[0])
@@ -300,6 +355,27 @@ def test_random_corruption_equals_imagecorruptions_given_the_same_draws(name):
     for s in range(1, 6):
         exact = compare_given_draws(mod, fake, name, images, s)
         assert exact > 0.97, f"{name} severity {s}: only {exact:.2%} of the values are identical"
+
+
+def test_spatter_drop_maps_without_opencv_equal_opencv():
+    """The batched torch reproduction of spatter's OpenCV chain (used on other devices or without OpenCV) against
+    OpenCV itself, on the spatter's own 8-bit liquid layers of severities 1-3 (ImageNet and CIFAR constants)."""
+    pytest.importorskip("cv2")
+    from imgclass.corruptions.base import gaussian_filter
+    from imgclass.corruptions.weather import water_distance
+
+    for params, images in (("imagenet", imagenet_crops(4, 96)), ("cifar10", cifar_images(16))):
+        x = as_batch(images)
+        for s in (1, 2, 3):
+            loc, scale, sigma, thresh = get_params("spatter", s, params)[:4]
+            z = draw(x, "spatter", s, seed=5, sample_ids=list(range(len(x))), params=params)["z"]
+            liquid = gaussian_filter(loc + scale * z, sigma)
+            liquid = torch.where(liquid < thresh, 0.0, liquid)
+            lq8 = torch.remainder(torch.floor(liquid * 255).to(torch.int64), 256).to(torch.uint8)  # astype
+            ours, ref = water_distance(lq8, opencv=False), water_distance(lq8, opencv=True)
+            assert ref.max() > 0
+            assert_within_one_level(ours.numpy(), ref.numpy(), f"spatter drops, severity {s} ({params})")
+            assert (ours == ref).float().mean() > 0.99
 
 
 def test_spatter_water_drops_exercise_the_opencv_steps():
@@ -474,9 +550,11 @@ def test_random_corruption_mean_psnr_matches_imagecorruptions(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in sorted(CIFAR_CONSTANTS) if n in RANDOM and n != "glass_blur"])
+@pytest.mark.parametrize("name", [n for n in sorted(CIFAR_CONSTANTS) if n in RANDOM])
 def test_cifar_random_corruption_mean_psnr_matches_the_reference(name):
-    """The same check for the CIFAR-10-C constants on 100 CIFAR-10 test images."""
+    """The same check for the CIFAR-10-C constants on 100 CIFAR-10 test images (the generator's code for these is
+    imagecorruptions' with other constants; its motion blur and snow need ImageMagick, its frost and elastic
+    transform are compared given the same draws below)."""
     mod, fake = load_reference(seed=54321)
     ref_fn = reference_cifar(mod, name, CIFAR_CONSTANTS[name])
     from PIL import Image

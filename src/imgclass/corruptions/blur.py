@@ -50,23 +50,32 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
     return sum(g[t] * rows[idx[t:t + n], :] for t in range(ksize)).astype(np.float32)
 
 
+@lru_cache(maxsize=32)
+def _kernel_spectrum(kernel_key: tuple, k: int, lh: int, lw: int, device: str) -> torch.Tensor:
+    """rfft2 of the flipped kernel centred on the origin of an (lh, lw) grid (correlation as a convolution)."""
+    kernel = np.asarray(kernel_key, dtype=np.float32).reshape(k, k)
+    r = k // 2
+    kt = torch.zeros(lh, lw, dtype=torch.float32)
+    kt[:k, :k] = torch.from_numpy(np.ascontiguousarray(kernel[::-1, ::-1]))
+    return torch.fft.rfft2(torch.roll(kt, shifts=(-r, -r), dims=(0, 1))).to(device)
+
+
 def correlate_fft(x: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
-    """2-D correlation of (N, C, H, W) with a square odd kernel, BORDER_REFLECT_101, through the FFT."""
+    """2-D correlation of float32 (N, C, H, W) with a square odd kernel, BORDER_REFLECT_101, through the FFT."""
     from scipy.fft import next_fast_len
 
     k = kernel.shape[0]
     r = k // 2
     h, w = x.shape[-2:]
-    idx_h = torch.as_tensor(border_index(h, r, r, "mirror"), device=x.device)
-    idx_w = torch.as_tensor(border_index(w, r, r, "mirror"), device=x.device)
-    xp = x.index_select(-2, idx_h).index_select(-1, idx_w)
+    if r < min(h, w):
+        xp = torch.nn.functional.pad(x, (r, r, r, r), mode="reflect")  # torch's reflect is BORDER_REFLECT_101
+    else:  # several reflections
+        xp = x.index_select(-2, torch.as_tensor(border_index(h, r, r, "mirror"), device=x.device))
+        xp = xp.index_select(-1, torch.as_tensor(border_index(w, r, r, "mirror"), device=x.device))
     # a circular convolution over at least the padded size leaves the valid part untouched
     lh, lw = next_fast_len(h + 2 * r, real=True), next_fast_len(w + 2 * r, real=True)
-    kt = torch.zeros(lh, lw, dtype=x.dtype, device=x.device)
-    kf = torch.as_tensor(np.ascontiguousarray(kernel[::-1, ::-1]), dtype=x.dtype, device=x.device)
-    kt[:k, :k] = kf
-    kt = torch.roll(kt, shifts=(-r, -r), dims=(0, 1))  # kernel centred on the origin
-    out = torch.fft.irfft2(torch.fft.rfft2(xp, s=(lh, lw)) * torch.fft.rfft2(kt), s=(lh, lw))
+    spec = _kernel_spectrum(tuple(kernel.astype(np.float32).ravel()), k, lh, lw, str(x.device))
+    out = torch.fft.irfft2(torch.fft.rfft2(xp, s=(lh, lw)).mul_(spec), s=(lh, lw))
     return out[..., r:r + h, r:r + w]
 
 
@@ -147,7 +156,7 @@ def glass_sources(offsets: torch.Tensor, h: int, w: int, d: int) -> torch.Tensor
     return total
 
 
-@register("glass_blur", draw=_glass_draw)
+@register("glass_blur", draw=_glass_draw, chunk=1 << 22)
 def glass_blur(x: torch.Tensor, p: tuple, pset: str, *, offsets: torch.Tensor) -> torch.Tensor:
     sigma, d, _ = p
     n, c, h, w = x.shape
@@ -181,24 +190,21 @@ def motion_blur_(x: torch.Tensor, p: tuple, pset: str, *, u: torch.Tensor) -> to
 
 @lru_cache(maxsize=16)
 def _zoom_operator(h: int, w: int, zooms: tuple[float, ...], trim: bool, device: str) -> torch.Tensor:
-    rows, cols, vals = [], [], []
-    for z in zooms:
-        a = interp_matrix(zoom_coords(h, z, trim=trim)[:h], h)
-        b = interp_matrix(zoom_coords(w, z, trim=trim)[:w], w)
-        ai, aj = np.nonzero(a)
-        bi, bj = np.nonzero(b)
-        # kron(a, b): output (i, j) reads input (k, l) with weight a[i, k] * b[j, l]
-        ri = ai[:, None] * w + bi[None, :]
-        ci = aj[:, None] * w + bj[None, :]
-        rows.append(ri.ravel())
-        cols.append(ci.ravel())
-        vals.append((a[ai, aj][:, None] * b[bi, bj][None, :]).ravel())
-    idx = torch.as_tensor(np.stack([np.concatenate(rows), np.concatenate(cols)]))
+    """sum_z kron(A_z, B_z) over the zooms (output (i, j) reads input (k, l) with weight A_z[i, k] B_z[j, l]),
+    built with scipy.sparse in double precision, as a torch CSR matrix (H*W, H*W)."""
+    import scipy.sparse as sp
+
+    parts = [sp.kron(sp.csr_matrix(interp_matrix(zoom_coords(h, z, trim=trim)[:h], h)),
+                     sp.csr_matrix(interp_matrix(zoom_coords(w, z, trim=trim)[:w], w)), format="coo") for z in zooms]
+    op = sp.coo_matrix((np.concatenate([p.data for p in parts]),
+                        (np.concatenate([p.row for p in parts]), np.concatenate([p.col for p in parts]))),
+                       shape=(h * w, h * w)).tocsr()  # duplicates summed
+    op.sort_indices()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sparse tensors warn that they are "beta"
-        op = torch.sparse_coo_tensor(idx, torch.as_tensor(np.concatenate(vals), dtype=torch.float32),
-                                     (h * w, h * w))
-        return op.coalesce().to_sparse_csr().to(device)
+        return torch.sparse_csr_tensor(torch.from_numpy(op.indptr.astype(np.int64)),
+                                       torch.from_numpy(op.indices.astype(np.int64)),
+                                       torch.from_numpy(op.data.astype(np.float32)), (h * w, h * w)).to(device)
 
 
 @register("zoom_blur")

@@ -2,7 +2,8 @@
 
 OpenCV is not a dependency of imgclass; these reproduce what ``cv2.Canny``, ``cv2.distanceTransform``
 (DIST_L2, 5x5 chamfer mask), ``cv2.equalizeHist``, ``cv2.filter2D`` and ``cv2.blur`` compute on single-channel
-images (N, H, W). The tests compare each of them with OpenCV.
+images (N, H, W), for other devices and for CPUs without OpenCV (with OpenCV installed, the spatter calls it on
+the CPU, where its SIMD code is faster). The tests compare each of them with OpenCV.
 """
 
 from __future__ import annotations

@@ -35,15 +35,14 @@ def speckle_noise(x: torch.Tensor, p: float, pset: str, *, z: torch.Tensor) -> t
 
 
 @register("impulse_noise", draw=lambda gens, x, p, pset: {
-    "u": stack_draws(gens, lambda g: torch.rand((2, *x.shape[1:]), generator=g, device=x.device))})
+    "u": stack_draws(gens, lambda g: torch.rand(x.shape[1:], generator=g, device=x.device))})
 def impulse_noise(x: torch.Tensor, p: float, pset: str, *, u: torch.Tensor) -> torch.Tensor:
-    """scikit-image's ``random_noise(mode='s&p', amount=p)``: a value flips with probability p, to 1 or 0 evenly."""
-    flipped = u[:, 0] <= p
-    salted = u[:, 1] <= 0.5
-    out = x.clone()
-    out[flipped & salted] = 255
-    out[flipped & ~salted] = 0
-    return out
+    """scikit-image's ``random_noise(mode='s&p', amount=p)``: a value flips with probability p, to 1 or 0 evenly.
+
+    One uniform u per value decides both: flipped if u <= p, and then salt if u <= p / 2 (u / p is uniform on
+    [0, 1] given the flip), where scikit-image draws a second uniform.
+    """
+    return x.masked_fill(u <= p, 0).masked_fill_(u <= p / 2, 255)
 
 
 # ---------------------------------------------------------------------------------------------------------

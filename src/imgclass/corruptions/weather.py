@@ -179,9 +179,13 @@ def plasma_draw_shapes(mapsize: int) -> list[int]:
 
 
 def plasma_fractal(u: list[torch.Tensor], mapsize: int, decay: float) -> torch.Tensor:
-    """The reference's diamond-square heightmap (N, M, M) in [0, 1], from its uniform draws in [0, 1)."""
+    """The reference's diamond-square heightmap (N, M, M) in [0, 1], from its uniform draws in [0, 1).
+
+    The reference fills one map through strided views; here each level's four sub-grids (corners, centres and
+    the two edge midpoints) are contiguous arrays, interleaved into the next level's corners.
+    """
     n = u[0].shape[0]
-    m = torch.zeros((n, mapsize, mapsize), dtype=torch.float64, device=u[0].device)
+    ul = torch.zeros((n, 1, 1), dtype=torch.float64, device=u[0].device)  # m[0::step, 0::step]
     step, wibble, k = mapsize, 100.0, 0
 
     def wibbled(arr):
@@ -191,20 +195,15 @@ def plasma_fractal(u: list[torch.Tensor], mapsize: int, decay: float) -> torch.T
         return arr / 4 + wibble * r
 
     while step >= 2:
-        half = step // 2
-        corner = m[:, 0::step, 0::step]
-        sq = corner + torch.roll(corner, -1, 1)
-        sq = sq + torch.roll(sq, -1, 2)
-        m[:, half::step, half::step] = wibbled(sq)
-        dr = m[:, half::step, half::step]
-        ul = m[:, 0::step, 0::step]
-        lt = (dr + torch.roll(dr, 1, 1)) + (ul + torch.roll(ul, -1, 2))
-        m[:, 0::step, half::step] = wibbled(lt)
-        tt = (dr + torch.roll(dr, 1, 2)) + (ul + torch.roll(ul, -1, 1))
-        m[:, half::step, 0::step] = wibbled(tt)
+        sq = ul + torch.roll(ul, -1, 1)
+        dr = wibbled(sq + torch.roll(sq, -1, 2))  # m[half::step, half::step]
+        lt = wibbled((dr + torch.roll(dr, 1, 1)) + (ul + torch.roll(ul, -1, 2)))  # m[0::step, half::step]
+        tt = wibbled((dr + torch.roll(dr, 1, 2)) + (ul + torch.roll(ul, -1, 1)))  # m[half::step, 0::step]
+        a = ul.shape[1]
+        ul = torch.stack([torch.stack([ul, lt], -1), torch.stack([tt, dr], -1)], 2).reshape(n, 2 * a, 2 * a)
         step //= 2
         wibble /= decay
-    m = m - m.amin((1, 2), keepdim=True)
+    m = ul - ul.amin((1, 2), keepdim=True)
     return m / m.amax((1, 2), keepdim=True)
 
 
@@ -236,6 +235,37 @@ def _spatter_draw(gens, x, p, pset):
     return {"z": stack_draws(gens, lambda g: torch.randn((h, w), generator=g, device=x.device, dtype=torch.float64))}
 
 
+_DROP_KERNEL = [[-2, -1, 0], [-1, 1, 1], [0, 1, 2]]
+
+
+def water_distance(lq8: torch.Tensor, *, opencv: bool | None = None) -> torch.Tensor:
+    """The reference's OpenCV chain on the 8-bit liquid layers (N, H, W): edges, distance to them (capped at 20),
+    box blur, histogram equalization, an emboss filter, box blur; float32 out.
+
+    ``opencv``: OpenCV itself, image by image (on the CPU when it is installed, by default: its SIMD code is
+    faster there), or the batched torch reproduction of ``cvops`` (any device, no OpenCV needed).
+    """
+    if opencv is None:
+        opencv = lq8.device.type == "cpu" and importlib.util.find_spec("cv2") is not None
+    if opencv:
+        import cv2
+
+        ker = np.array(_DROP_KERNEL)
+        out = []
+        for a in lq8.cpu().numpy():
+            d = cv2.distanceTransform(255 - cv2.Canny(a, 50, 150), cv2.DIST_L2, 5)
+            d = cv2.blur(np.minimum(d, np.float32(20)), (3, 3)).astype(np.uint8)
+            d = cv2.blur(cv2.filter2D(cv2.equalizeHist(d), cv2.CV_8U, ker), (3, 3))
+            out.append(d.astype(np.float32))
+        return torch.from_numpy(np.stack(out)).to(lq8.device)
+    dist = 255 - cvops.canny(lq8, 50, 150).to(torch.uint8) * 255
+    dist = cvops.distance_transform_l2_5x5(dist).clamp_max(20)
+    dist = cvops.blur3x3_float(dist).to(torch.uint8)
+    dist = cvops.equalize_hist(dist)
+    dist = cvops.filter2d_uint8(dist, _DROP_KERNEL)
+    return cvops.blur3x3_uint8(dist).to(torch.float32)
+
+
 @register("spatter", draw=_spatter_draw)
 def spatter(x: torch.Tensor, p: tuple, pset: str, *, z: torch.Tensor) -> torch.Tensor:
     loc, scale, sigma, thresh, intensity, mud = p
@@ -244,13 +274,7 @@ def spatter(x: torch.Tensor, p: tuple, pset: str, *, z: torch.Tensor) -> torch.T
     liquid = torch.where(liquid < thresh, torch.zeros_like(liquid), liquid)
     if mud == 0:
         lq8 = torch.remainder(torch.floor(liquid * 255).to(torch.int64), 256).to(torch.uint8)  # numpy's astype
-        dist = 255 - cvops.canny(lq8, 50, 150).to(torch.uint8) * 255
-        dist = cvops.distance_transform_l2_5x5(dist).clamp_max(20)
-        dist = cvops.blur3x3_float(dist).to(torch.uint8)
-        dist = cvops.equalize_hist(dist)
-        dist = cvops.filter2d_uint8(dist, [[-2, -1, 0], [-1, 1, 1], [0, 1, 2]])
-        dist = cvops.blur3x3_uint8(dist).to(torch.float32)
-        m = lq8.to(torch.float32) * dist
+        m = lq8.to(torch.float32) * water_distance(lq8)
         peak = m.amax((1, 2), keepdim=True)
         # the reference divides by the peak; with no drop at all (peak 0) it would write NaN: no spatter instead
         m = torch.where(peak > 0, m / torch.where(peak > 0, peak, torch.ones_like(peak)), torch.zeros_like(m))
