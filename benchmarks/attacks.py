@@ -2,8 +2,11 @@
 
 Same model object, images (the correctly classified ones among the first N of the lossless CIFAR-10
 test set), device and parameters; the two sides run alternately and the fastest of the repeats is
-compared (the machine may be shared). Robust accuracy is the model's accuracy on each side's
-adversarial images.
+compared (the machine may be shared). "model images" is how many images each side had the model
+classify (forward passes times batch size), a measure of the work that timing noise does not blur;
+"CPU ratio" compares the process CPU time, which other jobs on a shared machine disturb less than
+wall time (run single-threaded, ``--threads 1``, for the cleanest figure).
+Robust accuracy is the model's accuracy on each side's adversarial images.
 
     python benchmarks/attacks.py                                  # PGD-20 and Square, ResNet-20, 500 images
     python benchmarks/attacks.py --model zoo:vnncomp-resnet-2b --attacks pgd,square,cw,apgd-ce,apgd-t
@@ -35,6 +38,18 @@ def load_images(n: int, device: str):
     x = torch.stack([ds[i].image for i in range(n)]).float().div(255).to(device)
     y = torch.tensor([ds.label(i) for i in range(n)], device=device)
     return x, y
+
+
+class Counting(torch.nn.Module):
+    """The model, counting the images it is asked to classify (the work an attack does, free of timing noise)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.images = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += len(x)
+        return self.model(x)
 
 
 def accuracy(model, adv, y) -> float:
@@ -101,7 +116,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    model = load_model(a.model).to(a.device).eval()
+    clf = load_model(a.model).to(a.device).eval()
+    model = Counting(clf).eval()
     x, y = load_images(a.n, a.device)
     with torch.no_grad():
         ok = model(x).argmax(1) == y
@@ -109,24 +125,28 @@ def main() -> None:
     eps = parse_eps(a.eps)
     print(f"{a.model} on {a.device}, {len(y)} correctly classified of the first {a.n} test images, "
           f"eps {a.eps} (Linf), best of {a.repeats} alternating repeats")
-    print(f"{'attack':<34} {'imgclass s':>10} {'torchattacks s':>14} {'ratio':>6}  {'robust acc ours / theirs':>24}  max |diff|")
+    print(f"{'attack':<26} {'imgclass s':>10} {'torchattacks s':>14} {'ratio':>6}  {'CPU ratio':>9}  "
+          f"{'model images ratio':>18}  {'robust acc ours / theirs':>24}  max |diff|", flush=True)
     for name in [s.strip() for s in a.attacks.split(",") if s.strip()]:
         for label, ours, theirs in cases(name, model, x, y, eps, a):
-            t_o, t_t = [], []
+            t_o, t_t, c_o, c_t = [], [], [], []
             for _ in range(a.repeats):
-                for fn, ts in ((ours, t_o), (theirs, t_t)):
+                for fn, ts, cs in ((ours, t_o, c_o), (theirs, t_t, c_t)):
                     sync(a.device)
-                    t0 = time.perf_counter()
+                    model.images = 0
+                    t0, c0 = time.perf_counter(), time.process_time()
                     adv = fn()
                     sync(a.device)
                     ts.append(time.perf_counter() - t0)
+                    cs.append(time.process_time() - c0)
                     if fn is ours:
-                        adv_o = adv
+                        adv_o, n_o = adv, model.images
                     else:
-                        adv_t = adv
+                        adv_t, n_t = adv, model.images
             diff = float((adv_o - adv_t).abs().max())
-            print(f"{label:<34} {min(t_o):>10.2f} {min(t_t):>14.2f} {min(t_o) / min(t_t):>5.2f}x  "
-                  f"{accuracy(model, adv_o, y):>11.4f} / {accuracy(model, adv_t, y):<11.4f}  {diff:.2e}")
+            print(f"{label:<26} {min(t_o):>10.2f} {min(t_t):>14.2f} {min(t_o) / min(t_t):>5.2f}x  "
+                  f"{min(c_o) / min(c_t):>8.2f}x  {n_o / n_t:>17.2f}x  "
+                  f"{accuracy(clf, adv_o, y):>11.4f} / {accuracy(clf, adv_t, y):<11.4f}  {diff:.2e}", flush=True)
 
 
 if __name__ == "__main__":

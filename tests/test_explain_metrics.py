@@ -57,6 +57,12 @@ def test_deletion_prefers_the_true_evidence_and_matches_the_rise_auc(region_mode
     np.testing.assert_allclose(r.curves[:, -1], p_black, rtol=1e-6)
     assert torch.all(r.curves[:, :5].diff(dim=1) < 0)  # the first quarter of the steps removes the evidence
     np.testing.assert_allclose(r.curves[:, 4:], p_black[:, None].expand(-1, 13), rtol=1e-6)
+    # the default deletion substrate is the normalization mean (RISE's code zeroes the normalized input)
+    shifted = Classifier(_RegionModel(), labels=LabelSpace.from_names(["a", "b"]),
+                         config=ModelConfig((3, 16, 16), (0.25, 0.5, 0.75), (1.0,) * 3, 1.0, "bilinear"),
+                         source="region-mean").eval()
+    end = deletion_auc(shifted, x, oracle, 1, n_steps=4).curves[:, -1]
+    np.testing.assert_allclose(end, torch.full((2,), 0.5), rtol=1e-6)  # zero evidence after normalization
 
 
 def test_insertion_prefers_the_true_evidence(region_model):
@@ -134,6 +140,13 @@ def test_randomization_cascade_redraws_exactly_the_top_layers(resnet20):
 
 
 # ----------------------------------------------------------------------------- ImageNet, Coral MobileNet v2
+#
+# Measured once on 64 other seeded ImageNet samples (MobileNet v2, targets = predictions, RISE-code deletion to
+# the normalization mean, 24 steps), mean deletion AUC: Grad-CAM 0.116, IG with the mean baseline 0.038, IG
+# with a black baseline 0.127, per-pixel random maps 0.149, 7x7 random maps 0.212. Deleting to black instead:
+# Grad-CAM 0.098, IG (black) 0.032, IG (mean) 0.086, per-pixel random 0.072, 7x7 random 0.165. Randomization
+# (mean Spearman of |map|, top 1 / top 4 weight layers re-drawn): saliency 0.42 / 0.33, IG 0.41 / 0.36,
+# Grad-CAM 0.17 / 0.06, guided backprop 0.993 / 0.974, deconvnet 1.000 / 0.997.
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +159,7 @@ def imagenet_batch():
 
     clf = imgclass.load_model("zoo:coral-mobilenet-v2-1.0-224")
     ds = imgclass.load_dataset("zoo:imagenet-samples")
-    idx = np.sort(np.random.default_rng(0).choice(len(ds), 10, replace=False))
+    idx = np.sort(np.random.default_rng(0).choice(len(ds), 12, replace=False))
     tf = EvalTransform.for_model(clf.config)
     x = torch.stack([tf(ds.load(int(i))) for i in idx]).float() / 255
     with torch.no_grad():
@@ -156,11 +169,39 @@ def imagenet_batch():
 
 @pytest.mark.slow
 def test_gradcam_and_ig_beat_random_maps_at_deletion_on_imagenet(imagenet_batch):
+    """Petsiuk et al. 2018's deletion game as their code plays it (pixels set to zero in the model's normalized
+    input, i.e. to the normalization mean; softmax probability of the predicted class; trapezoid AUC), with
+    8 steps instead of their 224. Random maps at two scales: i.i.d. per pixel, and i.i.d. on a 7x7 grid
+    upsampled like the 7x7 CAM itself. Grad-CAM must beat the random CAM (7x7); IG, with the deletion
+    substrate as its baseline so that it attributes what deletion removes, must beat both, on average and
+    on most images. Per-pixel random deletion sprinkles mean-colour pixels over the image, impulse noise
+    that alone drops the prediction (AUC 0.149 against 0.212 for 7x7 random maps on 64 images): Grad-CAM's
+    0.116 beats it on average there but on only half of the images, so that comparison is reported above,
+    not asserted."""
     clf, x, t = imagenet_batch
-    maps = {"gradcam": explain(clf, x, t, method="gradcam"), "ig": explain(clf, x, t, method="ig", steps=16),
+    maps = {"gradcam": explain(clf, x, t, method="gradcam"),
+            "ig": explain(clf, x, t, method="ig", steps=8, baseline="mean"),
             "random": random_maps(len(x), (224, 224), seed=0),
-            "random_smooth": random_maps(len(x), (224, 224), seed=1, cells=7)}
-    auc = {(m, s): deletion_auc(clf, x, mp, t, n_steps=16, substrate=s).mean_auc
-           for m, mp in maps.items() for s in ("zeros", "blur")}
-    print({f"{m}/{s}": round(v, 4) for (m, s), v in auc.items()})
-    raise AssertionError(auc)
+            "random_7x7": random_maps(len(x), (224, 224), seed=1, cells=7)}
+    auc = {m: deletion_auc(clf, x, mp, t, n_steps=8).auc.double() for m, mp in maps.items()}
+    mean = {m: float(v.mean()) for m, v in auc.items()}
+    assert mean["gradcam"] < mean["random_7x7"], mean
+    assert mean["ig"] < min(mean["random"], mean["random_7x7"]), mean
+    assert float((auc["ig"] < auc["random"]).double().mean()) >= 0.75, auc  # per image, not only on average
+    assert 0 <= min(mean.values()) and max(mean.values()) <= 1
+
+
+@pytest.mark.slow
+def test_randomization_separates_gradients_from_edge_detectors_on_imagenet(imagenet_batch):
+    """Adebayo et al. 2018: when the top layers are re-drawn, the maps of gradient methods (saliency, IG,
+    Grad-CAM) change, while guided backprop, and the deconvnet (Nie et al. 2018: both mostly recover the
+    image), stay nearly the same."""
+    clf, x, t = imagenet_batch
+    r = randomization_check(clf, x[:4], t[:4], methods=("saliency", "ig", "gradcam", "guided_backprop", "deconvnet"),
+                            stages=(1, 4), method_params={"ig": {"steps": 8}})
+    assert r.stage_layers[0] == "fc"
+    means = {m: r.mean(m) for m in r.spearman_abs}
+    for m in ("saliency", "ig", "gradcam"):
+        assert max(means[m]) < 0.8, (m, means)
+    for m in ("guided_backprop", "deconvnet"):
+        assert min(means[m]) > 0.9, (m, means)

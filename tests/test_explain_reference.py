@@ -67,12 +67,15 @@ def test_input_x_gradient_equals_captum(resnet20, images, targets):
     _close(explain(resnet20, images, targets, method="input_x_gradient"), ref)
 
 
-def test_integrated_gradients_equals_captum_ig(resnet20, images, targets):
+@pytest.mark.parametrize("integration", ["gausslegendre", "riemann_trapezoid"])
+def test_integrated_gradients_equals_captum_ig(resnet20, images, targets, integration):
     ig = captum_attr.IntegratedGradients(resnet20)
     ref = _quiet(lambda: ig.attribute(images.clone().requires_grad_(), baselines=torch.zeros_like(images),
-                                      target=targets, n_steps=24)).sum(1)
-    # internal batch size 10 splits the 24 steps in 3 forwards: equal up to float summation order
-    _close(explain(resnet20, images, targets, method="ig", steps=24, internal_batch_size=10), ref)
+                                      target=targets, n_steps=24, method=integration)).sum(1)
+    # internal batch size 10: the 2 x 24 (image, step) points in 5 forwards, one holding steps of both images;
+    # equal up to float summation order
+    _close(explain(resnet20, images, targets, method="ig", steps=24, integration=integration,
+                   internal_batch_size=10), ref)
 
 
 def test_integrated_gradients_completeness_axiom(resnet20, images, targets):
@@ -85,6 +88,11 @@ def test_integrated_gradients_completeness_axiom(resnet20, images, targets):
            for n in (4, 48)}
     assert (err[48] < 0.1 * (fx - fb).abs()).all(), err[48]
     assert err[48].sum() < err[4].sum()
+    mean = torch.tensor(resnet20.config.mean).view(1, 3, 1, 1)
+    with torch.no_grad():
+        fm = resnet20(mean.expand_as(images)).gather(1, targets[:, None])[:, 0]
+    total = explain(resnet20, images, targets, method="ig", steps=48, baseline="mean").sum((1, 2))
+    assert ((total - (fx - fm)).abs() < 0.1 * (fx - fm).abs()).all()  # 'mean': the normalization mean image
 
 
 def test_occlusion_equals_captum_occlusion(resnet20, images, targets):

@@ -110,3 +110,44 @@ def test_cav_points_to_the_concept_and_tcav_checks_its_inputs(patch_model):
         tcav(patch_model, x, 1, concepts={"a": x}, random=[x, x])
     with pytest.raises(FileNotFoundError, match="not a folder"):
         tcav(patch_model, x, 1, concepts={"a": "/nonexistent/folder"}, random=[x, x, x])
+
+
+def test_probe_runs_tcav_on_the_dataset_images_of_the_target_class(patch_model, tmp_path):
+    """The explanations probe's TCAV equals tcav() on the same images, folders and seed; the report shows it."""
+    import json
+
+    from PIL import Image
+
+    from imgclass.evaluate import evaluate
+    from imgclass.explain import load_images
+
+    def save(images: torch.Tensor, folder) -> None:
+        folder.mkdir(parents=True)
+        for i, img in enumerate(images):
+            arr = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            Image.fromarray(arr).save(folder / f"{i:03d}.png")
+
+    rng = np.random.default_rng(2)
+    save(_images(40, rng, RED), tmp_path / "data" / "red")  # the dataset: class folders named as the model's
+    save(_images(4, rng, BLUE), tmp_path / "data" / "blue")
+    save(_images(24, rng, RED, background="flat", patches=3), tmp_path / "concepts" / "red")
+    randoms = [tmp_path / "random" / str(k) for k in range(7)]
+    for k, folder in enumerate(randoms):
+        save(_images(24, np.random.default_rng(100 + k)), folder)
+    params = {"n_samples": 2, "methods": ("gradcam",), "n_steps": 4, "randomization": False, "gallery": 1,
+              "tcav_concepts": {"red": str(tmp_path / "concepts" / "red")}, "tcav_random": [str(f) for f in randoms],
+              "tcav_target": "red", "tcav_layer": "act2"}
+    evaluate(patch_model, f"folder:{tmp_path / 'data'}", probes=["explanations"],
+             probe_params={"explanations": params}, out=tmp_path / "out", progress=False, workers=0)
+    t = json.loads((tmp_path / "out" / "results.json").read_text())["probes"]["explanations"]["tcav"]
+    assert t["target_name"] == "red" and t["n_class_images"] == 40 and len(t["random_scores"]) == 6
+    ref = tcav(patch_model, load_images(sorted((tmp_path / "data" / "red").iterdir()), patch_model.config), "red",
+               concepts={"red": tmp_path / "concepts" / "red"}, random=randoms, layer="act2", seed=0)
+    assert t["concepts"]["red"]["scores"] == pytest.approx(ref.concepts["red"].scores)
+    assert t["concepts"]["red"]["p_value"] == pytest.approx(ref.concepts["red"].p_value)
+    assert t["concepts"]["red"]["significant"] and t["concepts"]["red"]["mean"] > 0.8
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "TCAV" in html and html.count("data:image/png;base64") >= 2  # curves and TCAV plots
+    with pytest.raises(ValueError, match="tcav_target"):
+        evaluate(patch_model, f"folder:{tmp_path / 'data'}", probes=["explanations"],
+                 probe_params={"explanations": {**params, "tcav_target": None}}, progress=False, workers=0)

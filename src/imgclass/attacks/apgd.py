@@ -155,7 +155,7 @@ class APGDCE(_APGD):
     def perturb(self, model, x, y, target, gen):
         if target is not None:
             raise ValueError("apgd-ce is untargeted; use apgd-t for targeted APGD")
-        return _restarts(self, model, x, y, gen), None
+        return _restarts(self, model, x, y, gen)[0], None
 
 
 @register_attack("apgd-dlr")
@@ -172,19 +172,22 @@ class APGDDLR(_APGD):
             n_cls = model(x[:1]).shape[1]
         if n_cls < 3:
             raise ValueError(f"apgd-dlr needs at least 3 classes, the model has {n_cls}")
-        return _restarts(self, model, x, y, gen), None
+        return _restarts(self, model, x, y, gen)[0], None
 
 
-def _restarts(att: _APGD, model, x, y, gen, tgt=None) -> torch.Tensor:
+def _restarts(att: _APGD, model, x, y, gen, tgt=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best images over the restarts and which samples were misclassified (by the forward pass that found them)."""
     best = x.clone()
+    fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     todo = torch.arange(len(x), device=x.device)
     for _ in range(att.restarts):
         adv, done = att.run_once(model, x[todo], y[todo], None if tgt is None else tgt[todo], gen)
         best[todo] = adv
+        fooled[todo[done]] = True
         todo = todo[~done]
         if len(todo) == 0:
             break
-    return best
+    return best, fooled
 
 
 @register_attack("apgd-t")
@@ -209,10 +212,8 @@ class APGDT(_APGD):
             if len(todo) == 0:
                 break
             tgt = order[todo, t]
-            adv = _restarts(self, model, x[todo], y[todo], gen, tgt)
+            adv, fooled = _restarts(self, model, x[todo], y[todo], gen, tgt)
             best[todo] = adv
-            with torch.no_grad():
-                still = model(adv).argmax(1) == y[todo]
-            todo = todo[still]
+            todo = todo[~fooled]
         return best, None
 

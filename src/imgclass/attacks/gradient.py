@@ -109,15 +109,18 @@ class PGD(Attack):
                 init = random_start(x[todo], self.eps, self.norm, gen)
             else:
                 init = x[todo].clone()
-            adv, done = self._run(model, x[todo], y[todo], None if target is None else target[todo], init)
+            last = r == self.restarts - 1  # the last run's verdict comes from the final forward pass of __call__
+            adv, done = self._run(model, x[todo], y[todo], None if target is None else target[todo], init,
+                                  verdict=not last)
             best[todo] = adv
             todo = todo[~done]
             if len(todo) == 0:
                 break
         return best, None
 
-    def _run(self, model, x, y, target, adv):
-        """One PGD run; returns the adversarial images and which samples are fooled."""
+    def _run(self, model, x, y, target, adv, verdict: bool = True):
+        """One PGD run; returns the adversarial images and which samples are fooled (without ``verdict``, only
+        the early-stopped ones are known)."""
         out = adv.clone()
         done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         act = torch.arange(len(x), device=x.device)
@@ -137,6 +140,7 @@ class PGD(Attack):
                         return out, done
             adv = _step(xa, adv.detach(), grad, self.alpha, self.eps, self.norm).detach()
         out[act] = adv
-        with torch.no_grad():
-            done[act] = fooled(model(adv), ya, ta)
+        if verdict:
+            with torch.no_grad():
+                done[act] = fooled(model(adv), ya, ta)
         return out, done

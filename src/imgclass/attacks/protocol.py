@@ -9,7 +9,7 @@ import numpy as np
 
 from .base import ATTACKS, format_eps
 
-__all__ = ["default_eps", "large_eps", "sanity_checks", "WHITE_BOX", "BLACK_BOX"]
+__all__ = ["default_eps", "large_eps", "sanity_checks", "eps_key", "WHITE_BOX", "BLACK_BOX"]
 
 WHITE_BOX = "white-box"
 BLACK_BOX = ("black-box (scores)", "black-box (decisions)")
@@ -36,14 +36,19 @@ def large_eps(input_size: tuple[int, int, int], norm: str) -> str:
 def sanity_checks(*, robust_accuracy: dict[str, dict[str, float]], eps_values: dict[str, float],
                   ensemble: dict[str, float] | None = None, large: tuple[str, float] | None = None,
                   per_sample: dict[str, dict[str, np.ndarray]] | None = None, tolerance: float = 0.02,
+                  n_samples: int | None = None, ensemble_black_only: dict[str, float] | None = None,
                   randomized: bool = False, eot_samples: int = 1) -> list[str]:
     """Warnings that flag a suspect evaluation (gradient masking), empty when every check passes.
 
     ``robust_accuracy[attack][eps_key]``; ``eps_values[eps_key]`` its value; ``large`` the
     (eps_key, accuracy) of a white-box attack at a large budget; ``per_sample[attack][eps_key]`` the
-    robust flags per sample (for the black-box vs white-box count).
+    robust flags per sample (for the black-box vs white-box count); ``ensemble_black_only[eps_key]``
+    the fraction of images that resisted every white-box member of the ensemble but fell to a
+    black-box one. Differences count when they exceed ``tolerance`` and, on few samples
+    (``n_samples``), 3 samples' worth, so that sampling noise alone does not raise a flag.
     """
     out: list[str] = []
+    tol = max(tolerance, 3.0 / n_samples) if n_samples else tolerance
     keys = sorted(eps_values, key=eps_values.get)
     curves = dict(robust_accuracy)
     if ensemble:
@@ -52,16 +57,16 @@ def sanity_checks(*, robust_accuracy: dict[str, dict[str, float]], eps_values: d
     for name, acc in curves.items():
         ks = [k for k in keys if acc.get(k) is not None]
         for a, b in zip(ks, ks[1:]):
-            if acc[b] > acc[a] + tolerance:
+            if acc[b] > acc[a] + tol:
                 out.append(f"SUSPECT: robust accuracy under {name} rises from {acc[a]:.2%} at eps {a} to "
                            f"{acc[b]:.2%} at eps {b}; a larger budget cannot help the model, so the attack is "
                            "failing (gradient masking?)")
     # 2. a large budget must break (almost) everything
-    if large is not None and large[1] > tolerance:
+    if large is not None and large[1] is not None and large[1] > tol:
         out.append(f"SUSPECT: PGD at the large budget eps {large[0]} leaves {large[1]:.2%} accuracy; it should reach "
                    "~0. Gradients may be obfuscated, shattered or saturated.")
-    # 3. a black-box attack must not beat the white-box ones
-    white = [a for a in robust_accuracy if a in ATTACKS and ATTACKS[a].threat == WHITE_BOX]
+    # 3. a black-box attack must not beat the (iterative) white-box ones
+    white = [a for a in robust_accuracy if a in ATTACKS and ATTACKS[a].threat == WHITE_BOX and a != "fgsm"]
     black = [a for a in robust_accuracy if a in ATTACKS and ATTACKS[a].threat in BLACK_BOX]
     for k in keys:
         wb = [(robust_accuracy[a][k], a) for a in white if robust_accuracy[a].get(k) is not None]
@@ -70,7 +75,7 @@ def sanity_checks(*, robust_accuracy: dict[str, dict[str, float]], eps_values: d
             continue
         w_acc, w_name = min(wb)
         b_acc, b_name = min(bb)
-        if b_acc < w_acc - tolerance:
+        if b_acc < w_acc - tol:
             extra = ""
             if per_sample and all(k in per_sample.get(a, {}) for a in white + [b_name]):
                 wb_rob = np.logical_and.reduce([per_sample[a][k] for a in white])
@@ -78,22 +83,39 @@ def sanity_checks(*, robust_accuracy: dict[str, dict[str, float]], eps_values: d
                 extra = f" ({only} samples resist every white-box attack but fall to {b_name})"
             out.append(f"SUSPECT: black-box {b_name} ({b_acc:.2%}) beats the best white-box attack {w_name} "
                        f"({w_acc:.2%}) at eps {k}{extra}; the gradients do not show the model's real weakness.")
+    for k in keys:
+        frac = (ensemble_black_only or {}).get(k)
+        if frac is not None and frac > tol:
+            out.append(f"SUSPECT: at eps {k}, {frac:.2%} of the images resisted every white-box member of the "
+                       "ensemble but fell to a black-box one; the gradients do not show the model's real weakness.")
     # 4. iterative attacks must beat single-step ones
-    iterative = [a for a in white if a != "fgsm" and not ATTACKS[a].minimal]
+    iterative = [a for a in white if not ATTACKS[a].minimal]
     if "fgsm" in robust_accuracy and iterative:
         for k in keys:
             it = [robust_accuracy[a][k] for a in iterative if robust_accuracy[a].get(k) is not None]
             f = robust_accuracy["fgsm"].get(k)
-            if it and f is not None and f < min(it) - tolerance:
+            if it and f is not None and f < min(it) - tol:
                 out.append(f"SUSPECT: single-step FGSM ({f:.2%}) beats the iterative attacks ({min(it):.2%}) at eps {k}; "
                            "the loss surface is not smooth around the data (gradient masking?)")
+    # 5. the ensemble is meant to be the strongest: no single attack may beat it
+    if ensemble:
+        for k in keys:
+            e = ensemble.get(k)
+            single = [(v[k], a) for a, v in robust_accuracy.items()
+                      if a in ATTACKS and not ATTACKS[a].minimal and v.get(k) is not None]
+            if e is not None and single and min(single)[0] < e - tol:
+                acc, name = min(single)
+                out.append(f"SUSPECT: {name} alone ({acc:.2%}) beats the ensemble ({e:.2%}) at eps {k}; the ensemble's "
+                           "attacks are too weak for this model (more steps, restarts or queries).")
     if randomized and eot_samples == 1:
         out.append("The model is randomized (two forward passes on the same images differ), and the attacks used one "
                    "sample per gradient: set eot_samples > 1 (expectation over transformation) for a reliable figure.")
     return out
 
 
-def eps_key(text: str, value: float) -> str:
+def eps_key(text: str | float, value: float) -> str:
     """The results key of an epsilon as the user wrote it (``"8/255"``), or a canonical one for numbers."""
-    t = str(text).strip()
+    if not isinstance(text, str):
+        return format_eps(value)
+    t = text.strip().replace(" ", "")
     return t if t else format_eps(value)

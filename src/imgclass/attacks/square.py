@@ -2,10 +2,11 @@
 
 Follows the authors' PyTorch version (the one in auto-attack): vertical-stripe (Linf) or
 window-pattern (L2) initialisation, one square window per iteration whose side shrinks on the
-``p`` schedule, margin loss, one model query per iteration and active sample. Samples leave the batch
-when fooled, and the active tensors are only re-gathered when that happens. The window position is
-drawn per iteration and shared by the batch, as in the reference: each sample's search has the same
-distribution either way.
+``p`` schedule, margin loss, one model query per iteration and active sample. As in the authors'
+original code, a Linf window is redrawn when it would leave the image unchanged (no wasted queries).
+Samples leave the batch when fooled, and the active tensors are only re-gathered when that happens.
+The window position is drawn per iteration and shared by the batch, as in the reference: each
+sample's search has the same distribution either way.
 """
 
 from __future__ import annotations
@@ -131,8 +132,7 @@ class Square(Attack):
                 s = min(max(int(round(math.sqrt(p * n_feat / c))), 1), h - 1, w - 1)
                 vh, vw = _corner(h, w, s, pos)
                 x_new = xb.clone()
-                win = xa[:, :, vh:vh + s, vw:vw + s] + eps * self._rand_sign((len(act), c, 1, 1), gen, dev)
-                x_new[:, :, vh:vh + s, vw:vw + s] = win.clamp(0, 1)
+                x_new[:, :, vh:vh + s, vw:vw + s] = self._linf_window(xa, xb, vh, vw, s, gen)
             else:
                 x_new = self._l2_step(xa, xb, p, gen, pos)
             margin, loss = self._scores(model, x_new, ya, ta)
@@ -150,6 +150,25 @@ class Square(Attack):
                 ta = None if ta is None else ta[keep]
         out[act] = xb
         return out, queries, done
+
+    def _linf_window(self, xa, xb, vh, vw, s, gen) -> torch.Tensor:
+        """New values of the window: a vertex of the ball with one random sign per channel. Where that would
+        leave the window as it is (a wasted query), another sign pattern is drawn uniformly among the others,
+        as the authors' code resamples until the window changes."""
+        n, c = xa.shape[:2]
+        dev = xa.device
+        base = xa[:, :, vh:vh + s, vw:vw + s]
+        sign = self._rand_sign((n, c, 1, 1), gen, dev)
+        win = (base + self.eps * sign).clamp(0, 1)
+        if c > 16:
+            return win
+        same = (win - xb[:, :, vh:vh + s, vw:vw + s]).abs().flatten(1).amax(1) < 1e-7
+        # at most one sign pattern reproduces the current window, so flipping a random non-empty set of channels
+        # draws uniformly among the patterns that change it
+        code = torch.randint(1, 2 ** c, (n, 1), generator=gen, device=dev)
+        flip = 1 - 2 * ((code >> torch.arange(c, device=dev)) & 1).to(sign.dtype)
+        sign = torch.where(same.view(-1, 1, 1, 1), sign * flip.view(n, c, 1, 1), sign)
+        return (base + self.eps * sign).clamp(0, 1)
 
     # -- L2 ---------------------------------------------------------------------------------------
     def _l2_init(self, x, gen, pos) -> torch.Tensor:

@@ -59,11 +59,14 @@ def perturbation_curve(
     """The deletion or insertion game: pixels are replaced (deletion) or revealed (insertion) in order of
     decreasing saliency in ``n_steps`` equal steps; the curve is the target's softmax probability.
 
-    Substrates as in the RISE paper: deletion replaces pixels by black ('zeros'), insertion starts from
-    a Gaussian blur of the image (sigma 5 px at 224 px, scaled to the image size); 'zeros', 'blur', 'gray'
-    or a tensor like the images choose another. AUC: trapezoid rule over the fraction axis. Ties in a map
-    are ordered by a permutation drawn from ``seed`` (one seed per image makes each curve independent of
-    the batch it is computed in).
+    Substrates as in the RISE authors' code: deletion replaces pixels by 'mean', the model's normalization
+    mean (their ``torch.zeros_like`` acts on normalized inputs, so a deleted pixel is the mean colour, and
+    black only for a model without normalization); insertion starts from 'blur', a Gaussian blur of the
+    image (sigma 5 px at 224 px as theirs, scaled to the image size; theirs truncates the kernel at 11 x 11
+    px, this one at 3 sigma). 'zeros' (black), 'gray' or a tensor like the images choose another. AUC:
+    trapezoid rule over the fraction axis (the authors' ``auc``). Ties in a map are ordered by a
+    permutation drawn from ``seed`` (one seed per image makes each curve independent of the batch it is
+    computed in).
     """
     if mode not in {"deletion", "insertion"}:
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
@@ -74,9 +77,12 @@ def perturbation_curve(
         raise ValueError(f"maps must have shape {(x.shape[0], *x.shape[2:])} (one per image, at its size), "
                          f"got {tuple(maps.shape)}")
     h, w = x.shape[-2:]
-    substrate = substrate if substrate is not None else ("zeros" if mode == "deletion" else "blur")
+    substrate = substrate if substrate is not None else ("mean" if mode == "deletion" else "blur")
     if torch.is_tensor(substrate):
         sub = substrate.to(x.device, x.dtype).expand_as(x)
+    elif substrate == "mean":
+        mean = torch.as_tensor(classifier.config.mean, dtype=x.dtype, device=x.device)
+        sub = mean.view(1, -1, 1, 1).expand_as(x)
     elif substrate == "zeros":
         sub = torch.zeros_like(x)
     elif substrate == "gray":
@@ -84,7 +90,7 @@ def perturbation_curve(
     elif substrate == "blur":
         sub = gaussian_blur(x, blur_sigma if blur_sigma is not None else 5.0 * max(h, w) / 224.0)
     else:
-        raise ValueError(f"substrate must be 'zeros', 'blur', 'gray' or a tensor, got {substrate!r}")
+        raise ValueError(f"substrate must be 'mean', 'zeros', 'blur', 'gray' or a tensor, got {substrate!r}")
     counts = torch.round(torch.linspace(0, h * w, n_steps + 1)).long().to(x.device)
     seeds = [int(seed)] * len(x) if isinstance(seed, int) else [int(v) for v in seed]
     if len(seeds) != len(x):
@@ -108,7 +114,8 @@ def perturbation_curve(
 
 def deletion_auc(classifier: Classifier, images: torch.Tensor, maps: torch.Tensor, targets: Any = None,
                  **kw: Any) -> CurveResult:
-    """Deletion game (lower AUC = more faithful): most salient pixels turned black first."""
+    """Deletion game (lower AUC = more faithful): most salient pixels replaced first (by the normalization
+    mean unless ``substrate=`` says otherwise)."""
     return perturbation_curve(classifier, images, maps, targets, mode="deletion", **kw)
 
 

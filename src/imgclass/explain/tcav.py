@@ -129,6 +129,14 @@ class TCAVResult:
                                  "significant": c.significant, "cav_accuracy": c.cav_accuracy}
                              for k, c in self.concepts.items()}}
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TCAVResult":
+        """The result back from :meth:`to_dict` (e.g. read from results.json)."""
+        return cls(int(d["target"]), str(d["target_name"]), str(d["layer"]), float(d["alpha"]),
+                   [float(v) for v in d["random_scores"]],
+                   {k: ConceptScore([float(v) for v in c["scores"]], [float(v) for v in c["cav_accuracy"]],
+                                    float(c["p_value"]), bool(c["significant"])) for k, c in d["concepts"].items()})
+
     def plot(self):
         """Bars of mean TCAV score (± std over random sets) per concept and for the random null;
         significant concepts are starred, the others hatched."""

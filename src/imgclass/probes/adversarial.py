@@ -5,6 +5,11 @@ Protocol: a seeded subset of ``samples`` images; every attack runs only on the i
 classifies correctly, and clean errors count as non-robust, so robust accuracy <= clean accuracy.
 Attacks run in float32 (``--amp`` does not apply to them) with seeds derived from (run seed, attack,
 epsilon, first index of the batch), so results do not depend on how batches are spread over processes.
+
+results.json (``probes.adversarial``): ``robust_accuracy[attack][eps]``, ``success_rate[attack][eps]``,
+``ensemble[eps]`` (per-sample worst case over the ensemble's members, named by them), ``worst_case[eps]``
+(over the ensemble and every bounded attack run), ``minimal[attack]`` (median size of minimal
+perturbations), ``queries``, ``seconds``, ``warnings`` (failed gradient-masking checks) and a gallery.
 """
 
 from __future__ import annotations
@@ -19,19 +24,23 @@ import torch
 from torch import nn
 
 from ..attacks import ATTACKS, default_eps, derive_seed, get_attack, large_eps, parse_eps, sanity_checks
-from ..attacks.protocol import BLACK_BOX, eps_key
+from ..attacks.protocol import WHITE_BOX, eps_key
 from .base import CliFlag, Probe, ProbeContext, register_probe
 
 DEFAULT_ATTACKS = ("fgsm", "pgd", "apgd-ce", "apgd-t", "square", "cw")
 ENSEMBLE = ("apgd-ce", "apgd-t", "square")
 
 
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(v.strip().lower() for v in text.split(",") if v.strip())
+def _names(value) -> tuple[str, ...]:
+    """``"pgd, Square"`` or ``["pgd", "square"]`` -> ``("pgd", "square")``."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(str(v).strip().lower() for v in items if str(v).strip())
 
 
-def _eps_list(text: str) -> tuple[str, ...]:
-    out = _names(text)
+def _eps_list(value) -> tuple:
+    """``"2/255,8/255"`` or a sequence of strings and numbers; every value is checked."""
+    out = tuple(str(v).strip() if isinstance(v, str) else v
+                for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip())
     for e in out:
         parse_eps(e)  # fail early on a bad value
     return out
@@ -57,6 +66,14 @@ def _png(img: np.ndarray, max_side: int = 128) -> str:
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def _median(t: torch.Tensor) -> float | None:
+    """The median (mean of the middle two for an even count); None when empty or infinite."""
+    if len(t) == 0:
+        return None
+    m = float(np.median(t.double().cpu().numpy()))
+    return m if np.isfinite(m) else None
 
 
 def _to_u8(x: torch.Tensor) -> np.ndarray:
@@ -93,26 +110,34 @@ class AdversarialProbe(Probe):
         eot_samples: int = 1  # gradients averaged over this many passes (randomized models)
         sanity_checks: bool = True
         large_eps: str | None = None  # default: Linf 64/255, L2 0.1 * sqrt(dims)
-        tolerance: float = 0.02
+        tolerance: float = 0.02  # differences below this (and below 3 samples) raise no flag
+        per_sample: bool = False  # also return per-sample ids and robust flags
         patch_size: float = 0.1  # fraction of the image area (attack "patch")
         patch_train: str | None = None  # data spec to train the patch on; default: a seeded half of the samples
         gallery: int = 6
 
+        def __post_init__(self):  # strings from the API or --set: "pgd,square", "2/255,8/255"
+            self.attacks = _names(self.attacks)
+            self.ensemble = _names(self.ensemble)
+            self.norm = str(self.norm).strip().lower()
+            if self.eps is not None:
+                self.eps = _eps_list(self.eps)
+            if self.norm not in ("linf", "l2"):
+                raise ValueError(f"adversarial: norm must be 'linf' or 'l2', got {self.norm!r}")
+            for n in self.attacks + self.ensemble:
+                if n not in ATTACKS:
+                    raise KeyError(f"unknown attack {n!r}; known attacks: {', '.join(sorted(ATTACKS))}")
+            for n in self.ensemble:
+                if ATTACKS[n].minimal or ATTACKS[n].threat == "patch":
+                    raise ValueError(f"ensemble members must be epsilon-bounded attacks, not {n!r}")
+            stray = set(self.attack_params) - set(ATTACKS)
+            if stray:
+                raise KeyError(f"attack_params for unknown attack(s) {', '.join(sorted(stray))}")
+
     # -- setup ------------------------------------------------------------------------------------------
     def _check(self, clf) -> tuple[list[str], dict[str, float], str]:
         p = self.params
-        norm = p.norm.lower()
-        if norm not in ("linf", "l2"):
-            raise ValueError(f"adversarial: norm must be 'linf' or 'l2', got {p.norm!r}")
-        for n in list(p.attacks) + list(p.ensemble):
-            if n not in ATTACKS:
-                raise KeyError(f"unknown attack {n!r}; known attacks: {', '.join(sorted(ATTACKS))}")
-        for n in p.ensemble:
-            if ATTACKS[n].minimal or ATTACKS[n].threat == "patch":
-                raise ValueError(f"ensemble members must be epsilon-bounded attacks, not {n!r}")
-        stray = set(p.attack_params) - set(ATTACKS)
-        if stray:
-            raise KeyError(f"attack_params for unknown attack(s) {', '.join(sorted(stray))}")
+        norm = p.norm
         eps_text = list(p.eps) if p.eps else list(default_eps(clf.config.input_size, norm))
         eps = {eps_key(e, parse_eps(e)): parse_eps(e) for e in eps_text}
         if not eps:
@@ -192,19 +217,23 @@ class AdversarialProbe(Probe):
                     out[f"time/{name}/{k}"] = per_sample_time(dt)
                     if res.queries is not None:
                         out[f"queries/{name}/{k}"] = spread(res.queries.float(), float("nan"))
-                    if name == gal_attack and k == keys[-1] and idx0 == 0:
-                        self._stash(state, model, xc, res.adv, yc, name, k, p.gallery)
-                if p.ensemble:  # members not run above attack only the samples still standing
+                    if name == gal_attack and k == keys[-1]:
+                        self._stash(state, model, xc, res, yc, name, k, p.gallery)
+                if p.ensemble:  # white-box members first; members not run above attack only the samples standing
                     ens = ok.clone()
-                    for m in p.ensemble:
-                        if m in robust:
-                            ens &= robust[m]
-                    for m in p.ensemble:
-                        if m not in robust:
-                            todo = ens.nonzero().flatten()
-                            res, dt = run_attack(self._make(m, norm, eps[k]), x[todo], y[todo], ("ens", m, k), idx0)
-                            ens[todo[res.success]] = False
-                            out[f"time/ensemble:{m}/{k}"] = per_sample_time(dt)
+                    white = [m for m in p.ensemble if ATTACKS[m].threat == WHITE_BOX]
+                    for group in (white, [m for m in p.ensemble if m not in white]):
+                        for m in group:
+                            if m in robust:
+                                ens &= robust[m]
+                        for m in group:
+                            if m not in robust:
+                                todo = ens.nonzero().flatten()
+                                res, dt = run_attack(self._make(m, norm, eps[k]), x[todo], y[todo], ("ens", m, k), idx0)
+                                ens[todo[res.success]] = False
+                                out[f"time/ensemble:{m}/{k}"] = per_sample_time(dt)
+                        if group is white:
+                            out[f"ensemble_white/{k}"] = ens.clone()
                     out[f"ensemble/{k}"] = ens
             for name in minimal:
                 res, dt = run_attack(self._make(name, norm), xc, yc, (name,), idx0)
@@ -213,8 +242,8 @@ class AdversarialProbe(Probe):
                 out[f"time/{name}/all"] = per_sample_time(dt)
                 if res.queries is not None:
                     out[f"queries/{name}/all"] = spread(res.queries.float(), float("nan"))
-                if gal_attack == name and idx0 == 0:
-                    self._stash(state, model, xc, res.adv, yc, name, "minimal", p.gallery)
+                if gal_attack == name:
+                    self._stash(state, model, xc, res, yc, name, "minimal", p.gallery)
             if p.sanity_checks:  # from the clean image, margin loss: only the gradients can help
                 att = self._make("pgd", norm, parse_eps(big), random_start=False, loss="margin", restarts=1,
                                  step_size=None)
@@ -224,6 +253,8 @@ class AdversarialProbe(Probe):
 
         mr = eng.map(ds, fn, grad=True, desc=f"adversarial ({', '.join(names) or 'ensemble'})")
         res = self._aggregate(mr.outputs, keys, eps, norm, bounded, minimal, big, state)
+        if p.per_sample:
+            res["per_sample"] = self._per_sample(mr, ds, keys, bounded)
         res.update({"n_selected": int(n), "n_dataset": int(len(full)), "n_skipped": len(mr.skipped),
                     "seconds_total": mr.seconds, "attack_settings": settings,
                     "class_names": list(full.classes.names)})
@@ -231,17 +262,20 @@ class AdversarialProbe(Probe):
             res["patch"] = self._patch(ctx, clf, ds)
         return res
 
-    def _stash(self, state, model, xc, adv, yc, name, k, n_max):
-        if state["gallery"] or n_max <= 0:
+    def _stash(self, state, model, xc, res, yc, name, k, n_max):
+        """Keep the first batch's examples for the gallery, the successful ones first."""
+        if state["gallery"] or n_max <= 0 or len(xc) == 0:
             return
+        pick = torch.argsort((~res.success).to(torch.int8), stable=True)[:n_max]
+        adv = res.adv[pick]
         with torch.no_grad():
-            ap = model(adv[:n_max]).argmax(1)
-        for j in range(min(n_max, len(xc))):
-            delta = (adv[j] - xc[j]).float()
+            ap = model(adv).argmax(1)
+        for j, i in enumerate(pick.tolist()):
+            delta = (adv[j] - xc[i]).float()
             amp = 0.5 / max(float(delta.abs().max()), 1e-12)
             state["gallery"].append({
-                "attack": name, "eps": k, "label": int(yc[j]), "adv_pred": int(ap[j]), "amplification": amp,
-                "clean_png": _png(_to_u8(xc[j])), "adv_png": _png(_to_u8(adv[j])),
+                "attack": name, "eps": k, "label": int(yc[i]), "adv_pred": int(ap[j]), "amplification": amp,
+                "clean_png": _png(_to_u8(xc[i])), "adv_png": _png(_to_u8(adv[j])),
                 "delta_png": _png(_to_u8(0.5 + delta * amp)),
             })
 
@@ -259,8 +293,7 @@ class AdversarialProbe(Probe):
         def qstats(q, fooled):
             q = q[ok]
             f = fooled[ok]
-            return {"mean": frac(q), "median_successful": float(q[f].median()) if f.any() else None,
-                    "total": float(q.sum())}
+            return {"mean": frac(q), "median_successful": _median(q[f]), "total": float(q.sum())}
 
         for a in bounded:
             ra[a], sr[a], secs[a], per[a] = {}, {}, {}, {}
@@ -273,6 +306,14 @@ class AdversarialProbe(Probe):
                 if f"queries/{a}/{k}" in o:
                     qs.setdefault(a, {})[k] = qstats(o[f"queries/{a}/{k}"], ~rob)
         ens = {k: frac(o[f"ensemble/{k}"]) for k in keys} if p.ensemble else {}
+        ens_white = {k: frac(o[f"ensemble_white/{k}"]) for k in keys} if p.ensemble else {}
+        black_only = {k: frac(o[f"ensemble_white/{k}"] & ~o[f"ensemble/{k}"]) for k in keys} if p.ensemble else {}
+        worst = {}
+        for k in keys if bounded or p.ensemble else ():  # per sample, over the ensemble and every bounded attack
+            w = ok.clone()
+            for t in [o[f"robust/{a}/{k}"] for a in bounded] + ([o[f"ensemble/{k}"]] if p.ensemble else []):
+                w &= t
+            worst[k] = frac(w)
         for key, v in o.items():
             if key.startswith("time/ensemble:"):
                 m, k = key[len("time/ensemble:"):].split("/", 1)
@@ -284,8 +325,7 @@ class AdversarialProbe(Probe):
             used = norm if norm in ATTACKS[a].norms else ATTACKS[a].norms[0]
             fin = da[torch.isfinite(da)]
             mins[a] = {
-                "norm": used, "median": float(da.median()) if len(da) and float(da.median()) < float("inf") else None,
-                "median_successful": float(fin.median()) if len(fin) else None,
+                "norm": used, "median": _median(da), "median_successful": _median(fin),
                 "success_rate": len(fin) / len(da) if len(da) else None,
                 "distances": sorted(float(v) for v in da.tolist()),
             }
@@ -298,20 +338,35 @@ class AdversarialProbe(Probe):
                 per[a] = {k: (d > eps[k] + 1e-9).numpy() for k in keys}
         large = (big, frac(o["robust/_large"])) if "robust/_large" in o else None
         warnings = sanity_checks(robust_accuracy=ra, eps_values=eps, ensemble=ens or None, large=large,
-                                 per_sample=per, tolerance=p.tolerance, randomized=state["randomized"],
+                                 per_sample=per, tolerance=p.tolerance, n_samples=n,
+                                 ensemble_black_only=black_only or None, randomized=state["randomized"],
                                  eot_samples=p.eot_samples) if p.sanity_checks else []
         return {
             "norm": norm, "eps": {k: eps[k] for k in keys}, "n_evaluated": n, "n_attacked": n_ok,
             "clean_accuracy": frac(ok), "robust_accuracy": ra, "success_rate": sr,
             "ensemble": ens, "ensemble_name": ensemble_name(tuple(p.ensemble)) if p.ensemble else None,
+            "ensemble_white_box": ens_white, "ensemble_black_box_only": black_only, "worst_case": worst,
             "minimal": mins, "queries": qs, "seconds": secs, "warnings": warnings,
             "large_eps": {"eps": big, "accuracy": large[1]} if large else None,
             "randomized_model": state["randomized"], "gallery": state["gallery"],
             "protocol": ("seeded subset of the dataset; attacks run on the correctly classified images only and clean "
                          "errors count as non-robust; the ensemble is the per-sample worst case over its members "
-                         "(members not run on their own attack only the samples still standing); minimal-perturbation "
+                         "(white-box members first; members not run on their own attack only the samples still standing); "
+                         "worst_case is the per-sample worst case over the ensemble and every bounded attack run; "
+                         "minimal-perturbation "
                          "attacks count a sample robust at eps when the smallest adversarial found is larger; "
                          "attacks run in float32"),
+        }
+
+    @staticmethod
+    def _per_sample(mr, ds, keys, bounded) -> dict:
+        o = mr.outputs
+        flags = lambda t: [bool(v) for v in t.tolist()]  # noqa: E731
+        return {
+            "ids": [ds.sample_id(int(i)) for i in mr.indices], "label": o["label"].tolist(),
+            "clean_pred": o["clean_pred"].tolist(),
+            "robust": {a: {k: flags(o[f"robust/{a}/{k}"]) for k in keys} for a in bounded},
+            "ensemble": {k: flags(o[f"ensemble/{k}"]) for k in keys if f"ensemble/{k}" in o},
         }
 
     def _patch(self, ctx: ProbeContext, clf, ds) -> dict:
@@ -395,6 +450,8 @@ class AdversarialProbe(Probe):
                 for a, v in r["robust_accuracy"].items()]
         if r.get("ensemble"):
             rows.append((r["ensemble_name"], "worst case per sample", *[r["ensemble"].get(k) for k in keys]))
+        if r.get("worst_case"):
+            rows.append(("every attack above", "worst case per sample", *[r["worst_case"].get(k) for k in keys]))
         sec.table(["attack", "threat", *[f"eps {k}" for k in keys]], rows)
         fig, ax = plt.subplots(figsize=(6.4, 3.8))
         xs = [0.0] + [r["eps"][k] for k in keys]
@@ -410,6 +467,9 @@ class AdversarialProbe(Probe):
         if r.get("ensemble"):
             ax.plot([e * scale for e in xs], [r["clean_accuracy"]] + [r["ensemble"][k] for k in keys], "k-", lw=2.4,
                     label=r["ensemble_name"])
+        if r.get("worst_case") and r["worst_case"] != r.get("ensemble"):
+            ax.plot([e * scale for e in xs], [r["clean_accuracy"]] + [r["worst_case"][k] for k in keys], "k:", lw=1.6,
+                    label="worst case over every attack")
         ax.set_xlabel("epsilon (x/255)" if r["norm"] == "linf" else "epsilon (L2)")
         ax.set_ylabel("robust accuracy")
         ax.set_ylim(0, 1)
@@ -431,6 +491,9 @@ class AdversarialProbe(Probe):
                        "median size (successful)", "success rate"],
                       [(a, m["norm"], m["median"], m["median_successful"], m["success_rate"])
                        for a, m in r["minimal"].items()])
+        if r.get("ensemble_black_box_only"):
+            sec.p("Images that resisted every white-box member of the ensemble but fell to a black-box one: " + ", ".join(
+                f"{v:.2%} at eps {k}" for k, v in r["ensemble_black_box_only"].items()) + " (should be ~0).")
         if r.get("large_eps"):
             sec.p(f"Large-budget check: PGD (margin loss, no random start) at eps {r['large_eps']['eps']} leaves "
                   f"{r['large_eps']['accuracy']:.2%} accuracy.")
@@ -459,12 +522,12 @@ class AdversarialProbe(Probe):
         fig, axes = plt.subplots(len(g), 3, figsize=(6, 2.1 * len(g)), squeeze=False)
         for row, item in zip(axes, g):
             imgs = [Image.open(io.BytesIO(base64.b64decode(item[k]))) for k in ("clean_png", "delta_png", "adv_png")]
-            titles = [f"clean: {nm(item['label'])}", f"perturbation x{item['amplification']:.0f}",
+            titles = [f"clean: {nm(item['label'])} (predicted)", f"perturbation x{item['amplification']:.0f}",
                       f"adversarial: {nm(item['adv_pred'])}"]
             for ax, im, t in zip(row, imgs, titles):
                 ax.imshow(im, interpolation="nearest")
                 ax.set_title(t, fontsize=8, color="C3" if t.startswith("adversarial") and item["adv_pred"] != item["label"]
                              else "k")
                 ax.axis("off")
-        sec.figure(fig, f"Clean image, amplified perturbation and adversarial image with the model's predictions "
-                        f"({g[0]['attack']}, eps {g[0]['eps']})")
+        sec.figure(fig, f"Clean image (correctly classified), amplified perturbation (grey is zero) and adversarial "
+                        f"image with the model's predictions ({g[0]['attack']}, eps {g[0]['eps']}; red: fooled)")

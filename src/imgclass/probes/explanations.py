@@ -3,7 +3,9 @@
 For N samples (through the engine, so the model's resize/crop applies) it computes the maps of the
 chosen methods, their deletion and insertion AUC (Petsiuk et al. 2018) next to two random-map baselines
 (i.i.d. per pixel, and i.i.d. on a 7x7 grid upsampled, the spatial scale of a CAM), the cascading
-model-randomization check (Adebayo et al. 2018), and a gallery of overlays.
+model-randomization check (Adebayo et al. 2018), and a gallery of overlays. With ``tcav_concepts`` (name ->
+folder) and ``tcav_random`` (at least 3 folders of random images) it also runs TCAV (Kim et al. 2018) for
+``tcav_target`` on the dataset's images of that class.
 """
 
 from __future__ import annotations
@@ -47,13 +49,18 @@ class ExplanationsProbe(Probe):
         method_params: dict = field(default_factory=dict)  # e.g. {"ig": {"steps": 32}}
         target: str = "predicted"  # or "label"
         n_steps: int = 50  # deletion/insertion steps
-        deletion_substrate: str = "zeros"  # Petsiuk et al.: black for deletion, blur for insertion
+        deletion_substrate: str = "mean"  # the RISE code: zeros of the normalized input; blur for insertion
         insertion_substrate: str = "blur"
         randomization: bool = True
         randomization_stages: tuple[int, ...] = (1, 4, 16)
         randomization_methods: tuple[str, ...] | None = None  # default: the chosen methods
         gallery: int = 8
         internal_batch_size: int = 32
+        tcav_concepts: dict = field(default_factory=dict)  # concept name -> folder of example images
+        tcav_random: tuple[str, ...] = ()  # folders of random counterexamples (>= 3)
+        tcav_target: str | None = None  # model class (name, index or wnid); required with tcav_concepts
+        tcav_layer: str | None = None  # default: the CAM layer
+        tcav_images: int = 50  # images of the target class taken from the dataset (seeded)
 
     def run(self, ctx: ProbeContext) -> dict:
         from ..explain import METHODS, deletion_auc, explain, insertion_auc, random_maps, randomization_check
@@ -65,6 +72,7 @@ class ExplanationsProbe(Probe):
             raise ValueError(f"explanations: unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(METHODS))}")
         if p.target not in {"predicted", "label"}:
             raise ValueError(f"explanations: target must be 'predicted' or 'label', got {p.target!r}")
+        tcav_target = self._check_tcav(ctx.classifier)
         rmethods = list(p.randomization_methods or methods) if p.randomization else []
         eng, clf, ds = ctx.engine, ctx.classifier, ctx.dataset
         n = min(p.n_samples, len(ds))
@@ -152,7 +160,54 @@ class ExplanationsProbe(Probe):
                         "layers were re-drawn (cascading, Adebayo et al. 2018); high = insensitive to the model",
             }
         result["gallery"] = self._gallery(o, ids, names, clf, methods, min(p.gallery, len(ids)))
+        if tcav_target is not None:
+            result["tcav"] = self._tcav(ctx, tcav_target)
         return result
+
+    def _check_tcav(self, clf) -> int | None:
+        """The TCAV target's class index, after checking the TCAV parameters (None without concepts)."""
+        from ..explain.base import class_index
+
+        p = self.params
+        if not p.tcav_concepts:
+            return None
+        if p.tcav_target is None or str(p.tcav_target) == "":
+            raise ValueError("explanations: tcav_concepts need tcav_target (the model class to test)")
+        if len(p.tcav_random) < 3:
+            raise ValueError(f"explanations: TCAV needs at least 3 tcav_random folders, got {len(p.tcav_random)}")
+        if p.tcav_images < 2:
+            raise ValueError(f"explanations: tcav_images must be >= 2, got {p.tcav_images}")
+        target = class_index(clf, str(p.tcav_target))
+        if not 0 <= target < clf.num_classes:
+            raise ValueError(f"explanations: tcav_target {p.tcav_target!r} is not a class of the model")
+        return target
+
+    def _tcav(self, ctx: ProbeContext, target: int) -> dict:
+        """TCAV of the concept folders for the target class, on the dataset's images labelled with it."""
+        from ..explain import tcav
+
+        p = self.params
+        eng, clf, ds = ctx.engine, ctx.classifier, ctx.dataset
+        al = eng.alignment(ds)
+        if al.groups is not None:
+            members = [k for k, g in enumerate(al.groups) if target in g.tolist()]
+        else:
+            members = [k for k, col in enumerate(al.index.tolist()) if col == target]
+        labels = ds.labels
+        pool = np.flatnonzero(np.isin(labels, members))
+        if len(pool) < 2:
+            raise ValueError(f"explanations: TCAV needs at least 2 images of class {clf.class_names[target]!r} in "
+                             f"the dataset, found {len(pool)}")
+        rng = ctx.generator("explanations-tcav")
+        sel = np.sort(rng.choice(pool, size=min(p.tcav_images, len(pool)), replace=False))
+        res = eng.map(ds.subset(sel), lambda b: {"x": eng.to_float(b.images).contiguous()}, desc="TCAV images")
+        if len(res.indices) < 2:
+            raise ValueError("explanations: fewer than 2 readable images of the TCAV target class")
+        r = tcav(clf, res.outputs["x"], target, concepts=dict(p.tcav_concepts), random=list(p.tcav_random),
+                 layer=p.tcav_layer, seed=ctx.seed, batch_size=p.internal_batch_size)
+        return {**r.to_dict(), "n_class_images": int(len(res.indices)),
+                "test": "two-sided t-test of the concept's TCAV scores against those of a random set taken as a "
+                        "concept, over the random counterexample sets (Kim et al. 2018)"}
 
     @staticmethod
     def _gallery(o: dict, ids: list[str], names: list[str], clf, methods: list[str], k: int) -> list[dict]:
@@ -182,6 +237,8 @@ class ExplanationsProbe(Probe):
             return [("evaluated", "0")]
         rows = [(f"{m} deletion / insertion AUC", f"{r['deletion_auc'][m]:.4f} / {r['insertion_auc'][m]:.4f}")
                 for m in r["methods"] + ["random"]]
+        for k, c in r.get("tcav", {}).get("concepts", {}).items():
+            rows.append((f"TCAV {k}", f"{c['mean']:.3f} (p = {c['p_value']:.3g})"))
         return rows + [("evaluated", str(r["n_evaluated"]))]
 
     def render(self, r: dict, sec) -> None:
@@ -237,3 +294,20 @@ class ExplanationsProbe(Probe):
                        f"(p = {g['target_prob']:.3f})")
                 sec.html(f'<figure><img src="data:image/jpeg;base64,{g["jpeg_base64"]}" alt="{html.escape(cap)}">'
                          f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+        if r.get("tcav"):
+            self._render_tcav(r["tcav"], sec)
+
+    @staticmethod
+    def _render_tcav(t: dict, sec) -> None:
+        from ..explain import TCAVResult
+
+        sec.html("<h3>TCAV</h3>")
+        sec.p(f"Concept sensitivity of class '{t['target_name']}' at layer {t['layer']} on {t['n_class_images']} "
+              f"images of the class: the TCAV score is the fraction whose class logit grows along the concept's "
+              f"CAV; significance: {t['test']}, p < {t['alpha']:g}. Random null: mean score "
+              f"{t['random_mean']:.3f}.")
+        sec.table(["concept", "TCAV score (mean)", "std", "p-value", "significant", "CAV accuracy"],
+                  [(k, c["mean"], c["std"], c["p_value"], "yes" if c["significant"] else "no",
+                    float(np.mean(c["cav_accuracy"]))) for k, c in t["concepts"].items()])
+        sec.figure(TCAVResult.from_dict(t).plot(), "TCAV scores per concept (± std over the random sets); "
+                   "* significant, hatched not")
