@@ -6,7 +6,8 @@
 
 Same model object, images and targets; the two sides run alternately after a warm-up. Ratio = imgclass
 time / peer time (below 1: imgclass is faster), from the best of the repeats (the least disturbed run, as
-``timeit`` advises on a shared machine); the medians are printed beside it.
+``timeit`` advises on a shared machine); the medians of wall-clock and of process CPU time are printed beside
+it (with ``--threads 1`` the CPU time is the steadiest measure of the work on a busy machine).
 
     python benchmarks/explain.py                                   # ResNet-20, 16 CIFAR-size images
     python benchmarks/explain.py --model zoo:coral-mobilenet-v2-1.0-224 --images 4 --repeats 3
@@ -31,14 +32,15 @@ from imgclass.explain import cam_layer, explain  # noqa: E402
 from imgclass.explain.base import find_module  # noqa: E402
 
 
-def _timed(fn) -> float:
+def _timed(fn) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of one call."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def compare(name: str, ours, peer, repeats: int) -> tuple[float, float]:
@@ -47,10 +49,11 @@ def compare(name: str, ours, peer, repeats: int) -> tuple[float, float]:
     for _ in range(repeats):
         a.append(_timed(ours))
         b.append(_timed(peer))
-    ta, tb = min(a), min(b)
-    ma, mb = statistics.median(a), statistics.median(b)
+    ta, tb = min(w for w, _ in a), min(w for w, _ in b)
+    ma, mb = statistics.median(w for w, _ in a), statistics.median(w for w, _ in b)
+    ca, cb = statistics.median(c for _, c in a), statistics.median(c for _, c in b)
     print(f"{name:<28} imgclass {ta:8.3f} s   peer {tb:8.3f} s   ratio {ta / tb:5.2f}   "
-          f"(medians {ma:.3f} / {mb:.3f} s: {ma / mb:.2f})")
+          f"(medians {ma:.3f} / {mb:.3f} s: {ma / mb:.2f}; CPU time {ca:.3f} / {cb:.3f} s: {ca / cb:.2f})")
     return ta, tb
 
 
