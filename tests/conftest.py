@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MIRROR = ROOT.parent / "shared" / "assets"
@@ -43,3 +44,13 @@ def mirror():
             pytest.fail(f"asset mirror {MIRROR} is missing")
         pytest.skip("asset mirror not available")
     return MIRROR
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Small models on small batches: intra-op threads only add synchronisation (and on a shared machine, waits for
+    descheduled threads at every operation); modules that use this run single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -26,14 +26,7 @@ FAST = {"pgd": {"steps": 5}, "apgd-ce": {"steps": 5}, "apgd-t": {"steps": 5, "ta
         "square": {"n_queries": 100}, "cw": {"steps": 20, "search_steps": 2}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models on small batches: intra-op threads only add synchronisation (and on a shared machine, waits for
-    descheduled threads at every operation), so these tests run single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,7 @@ def _images(n: int, split: str = "test", offset: int = 0):
     return x, y
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models on small batches: intra-op threads only add synchronisation (and on a shared machine, waits for
-    descheduled threads at every operation), so these tests run single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

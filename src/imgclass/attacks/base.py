@@ -9,6 +9,7 @@ gradients; gradients are taken in float32 with ``torch.autograd.grad`` on the in
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 import zlib
@@ -153,7 +154,7 @@ class AttackResult:
 
 
 @dataclass(kw_only=True)
-class Attack:
+class Attack(abc.ABC):
     """Base class. Subclasses are keyword-only dataclasses (their fields are the parameters) that
     implement ``perturb(model, x, y, target, gen) -> (adv, queries or None)``.
 
@@ -205,9 +206,10 @@ class Attack:
         success = pred != y if target is None else pred == target
         return AttackResult(adv, success, perturbation_norm(adv - x, self.norm), queries)
 
+    @abc.abstractmethod
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
-                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:  # pragma: no cover
-        raise NotImplementedError
+                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The attack itself: adversarial images and, for black-box attacks, queries per sample."""
 
     # helpers shared by the gradient attacks
     def loss_grad(self, model: Model, x: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor], *,
