@@ -155,6 +155,22 @@ def test_square_matches_torchattacks_robust_accuracy(r2b, data200):
     assert (res.queries[~res.success] == 301).all()  # the ones that resisted used the whole budget
 
 
+@pytest.mark.slow
+def test_cw_and_square_match_torchattacks_on_500_images(r2b):
+    """Reference: torchattacks.CW (c=1, 50 Adam steps) and torchattacks.Square (Linf 2/255, 1,000 queries) on
+    the first 500 lossless CIFAR-10 test images: robust accuracy (clean mistakes count as broken) within 2 points."""
+    x, y = _images(500)
+    cw = get_attack("cw", steps=50, search_steps=1, initial_const=1.0)(r2b, x, y).adv
+    cw_ref = torchattacks.CW(r2b, c=1.0, kappa=0, steps=50, lr=0.01)(x, y).detach()
+    sq = get_attack("square", eps=2 / 255, n_queries=1000)(r2b, x, y).adv
+    sq_ref = torchattacks.Square(r2b, eps=2 / 255, n_queries=1000, seed=0)(x, y)
+    accs = {k: _acc(r2b, a, y) for k, a in (("cw", cw), ("cw_ref", cw_ref), ("sq", sq), ("sq_ref", sq_ref))}
+    print(accs)
+    assert abs(accs["cw"] - accs["cw_ref"]) <= 0.02, accs
+    assert abs(accs["sq"] - accs["sq_ref"]) <= 0.02, accs
+    assert accs["sq"] < _acc(r2b, x, y) - 0.05  # the black-box attack does break images
+
+
 # -- the decision-based attack and the patch ------------------------------------------------------------
 
 def test_hopskipjump_finds_adversarials_near_the_white_box_minimum(r2b):

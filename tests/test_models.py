@@ -223,3 +223,44 @@ def test_coral_mobilenet_v2_rebuild_on_imagenet_samples_agrees_with_tflite_runti
     agree = (rebuilt.logits.argmax(1) == runtime.logits.argmax(1)).double().mean().item()
     assert agree >= 0.97, agree
     assert 0.82 <= top1 <= 0.90, top1
+
+
+def test_inference_copy_folds_batch_norm_and_keeps_the_function():
+    """Invariant: the attack copy (BN folded into convolutions, channels-last, frozen) computes the same logits
+    as the published ResNet-20 to float rounding, has no batch norm left, and leaves the caller's model as it was;
+    a network torch.fx cannot trace is copied unfolded."""
+    from imgclass.models.fast import inference_copy
+
+    mirror_file("models/akamaster-resnet-cifar10/resnet20-12fca82f.th")
+    clf = load_model("zoo:cifar10-resnet20").eval()
+    before = {k: v.clone() for k, v in clf.state_dict().items()}
+    fast = inference_copy(clf)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert all(not p.requires_grad for p in fast.parameters())
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), clf(x), rtol=1e-4, atol=1e-4)
+    assert all(p.requires_grad for p in clf.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in clf.state_dict().items())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in clf.modules())
+
+    class Branchy(torch.nn.Module):  # data-dependent control flow: not traceable
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 10)
+
+        def forward(self, x):
+            h = self.bn(self.conv(x))
+            if h.mean() > 0:
+                h = h * 2
+            return self.fc(h.mean((2, 3)))
+
+    from imgclass.data.labels import named_space
+    from imgclass.models import Classifier, ModelConfig
+
+    odd = Classifier(Branchy().eval(), labels=named_space("cifar10"), config=ModelConfig(input_size=(3, 32, 32)),
+                     source="test:branchy").eval()
+    odd_fast = inference_copy(odd)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in odd_fast.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(odd_fast(x), odd(x), rtol=1e-5, atol=1e-5)

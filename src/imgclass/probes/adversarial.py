@@ -25,6 +25,7 @@ from torch import nn
 
 from ..attacks import ATTACKS, default_eps, derive_seed, get_attack, large_eps, parse_eps, sanity_checks
 from ..attacks.protocol import WHITE_BOX, eps_key
+from ..models.fast import inference_copy
 from .base import CliFlag, Probe, ProbeContext, register_probe
 
 DEFAULT_ATTACKS = ("fgsm", "pgd", "apgd-ce", "apgd-t", "square", "cw")
@@ -115,6 +116,7 @@ class AdversarialProbe(Probe):
         patch_size: float = 0.1  # fraction of the image area (attack "patch")
         patch_train: str | None = None  # data spec to train the patch on; default: a seeded half of the samples
         gallery: int = 6
+        fast: bool = True  # attack a frozen copy with batch norm folded, channels-last (same function up to rounding)
 
         def __post_init__(self):  # strings from the API or --set: "pgd,square", "2/255,8/255"
             self.attacks = _names(self.attacks)
@@ -165,7 +167,7 @@ class AdversarialProbe(Probe):
         sub_idx = np.arange(len(full)) if n == len(full) else \
             np.sort(ctx.generator("adversarial-subset").choice(len(full), size=n, replace=False))
         ds = full.subset(sub_idx)
-        model = _Aligned(clf, eng.alignment(full)).eval()
+        model = _Aligned(inference_copy(clf) if p.fast else clf, eng.alignment(full)).eval()
         names = [a for a in p.attacks if a != "patch"]
         bounded = [a for a in names if not ATTACKS[a].minimal]
         minimal = [a for a in names if ATTACKS[a].minimal]
