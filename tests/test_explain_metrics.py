@@ -172,12 +172,12 @@ def test_gradcam_and_ig_beat_random_maps_at_deletion_on_imagenet(imagenet_batch)
     """Petsiuk et al. 2018's deletion game as their code plays it (pixels set to zero in the model's normalized
     input, i.e. to the normalization mean; softmax probability of the predicted class; trapezoid AUC), with
     8 steps instead of their 224. Random maps at two scales: i.i.d. per pixel, and i.i.d. on a 7x7 grid
-    upsampled like the 7x7 CAM itself. Grad-CAM must beat the random CAM (7x7); IG, with the deletion
-    substrate as its baseline so that it attributes what deletion removes, must beat both, on average and
-    on most images. Per-pixel random deletion sprinkles mean-colour pixels over the image, impulse noise
-    that alone drops the prediction (AUC 0.149 against 0.212 for 7x7 random maps on 64 images): Grad-CAM's
-    0.116 beats it on average there but on only half of the images, so that comparison is reported above,
-    not asserted."""
+    upsampled like the 7x7 CAM itself. Grad-CAM and IG (with the deletion substrate as its baseline, so that
+    it attributes what deletion removes) must beat both on average, and IG also on most images. Per-pixel
+    random deletion sprinkles mean-colour pixels over the image, impulse noise that alone drops the
+    prediction (AUC 0.149 against 0.212 for 7x7 random maps on 64 images): Grad-CAM's 0.116 beats it on
+    average there but on only half of the images, so the per-image comparison is asserted for IG only.
+    Here (12 images): Grad-CAM 0.102, IG 0.053, random 0.124, random 7x7 0.168."""
     clf, x, t = imagenet_batch
     maps = {"gradcam": explain(clf, x, t, method="gradcam"),
             "ig": explain(clf, x, t, method="ig", steps=8, baseline="mean"),
@@ -185,7 +185,8 @@ def test_gradcam_and_ig_beat_random_maps_at_deletion_on_imagenet(imagenet_batch)
             "random_7x7": random_maps(len(x), (224, 224), seed=1, cells=7)}
     auc = {m: deletion_auc(clf, x, mp, t, n_steps=8).auc.double() for m, mp in maps.items()}
     mean = {m: float(v.mean()) for m, v in auc.items()}
-    assert mean["gradcam"] < mean["random_7x7"], mean
+    print("mean deletion AUC", {m: round(v, 4) for m, v in mean.items()})
+    assert mean["gradcam"] < min(mean["random"], mean["random_7x7"]), mean
     assert mean["ig"] < min(mean["random"], mean["random_7x7"]), mean
     assert float((auc["ig"] < auc["random"]).double().mean()) >= 0.75, auc  # per image, not only on average
     assert 0 <= min(mean.values()) and max(mean.values()) <= 1
