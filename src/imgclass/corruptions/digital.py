@@ -273,6 +273,13 @@ def pixelate(x: torch.Tensor, p: float, pset: str) -> torch.Tensor:
 _POOL: dict[int, ThreadPoolExecutor] = {}  # by number of workers
 
 
+def pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool for per-image work in threads (Pillow's and torchvision's codecs release the GIL)."""
+    if workers not in _POOL:
+        _POOL[workers] = ThreadPoolExecutor(workers, thread_name_prefix="imgclass-corrupt")
+    return _POOL[workers]
+
+
 def pillow_map(fn, x: torch.Tensor) -> torch.Tensor:
     """``fn`` (a PIL RGB image to another) over a uint8 (N, 3, H, W) batch, images in threads (Pillow and libjpeg
     release the GIL), as many as torch's intra-op threads. Pillow interleaves the channel planes (``merge``):
@@ -290,14 +297,12 @@ def pillow_map(fn, x: torch.Tensor) -> torch.Tensor:
         for i in range(len(src)):
             one(i)
     else:
-        if workers not in _POOL:
-            _POOL[workers] = ThreadPoolExecutor(workers, thread_name_prefix="imgclass-corrupt")
-        list(_POOL[workers].map(one, range(len(src))))
+        list(pool(workers).map(one, range(len(src))))
     return torch.from_numpy(out).to(x.device)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# JPEG: Pillow's encoder at the reference's qualities (libjpeg releases the GIL: images go through threads)
+# JPEG: libjpeg through torchvision (Pillow where torchvision lacks it), at the reference's qualities
 
 
 def _jpeg_one(im, quality: int):
@@ -311,17 +316,26 @@ def _jpeg_one(im, quality: int):
 
 @register("jpeg_compression", chunk=1 << 24)
 def jpeg_compression(x: torch.Tensor, p: int, pset: str) -> torch.Tensor:
-    """Pillow's encoder and decoder (libjpeg, 4:2:0); small images go through torchvision's bindings of the
-    same library in one call, large ones through Pillow in threads (libjpeg releases the GIL)."""
-    h, w = x.shape[-2:]
-    if h * w <= 128 * 128:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to torchcodec
-                from torchvision.io import decode_jpeg, encode_jpeg
+    """Pillow's codec (libjpeg, 4:2:0, no optimization) at the reference's qualities, through torchvision's
+    bindings of the same library: the same bytes and pixels as Pillow, decoded several times faster, and
+    both calls release the GIL, so the batch goes in as many parts as torch has threads. Pillow, images in
+    turn, where torchvision lacks them."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to torchcodec
+            from torchvision.io import decode_jpeg, encode_jpeg
+    except ImportError:
+        return pillow_map(lambda a: _jpeg_one(a, p), x)
 
-                data = encode_jpeg(list(x.cpu()), quality=int(p))
-                return torch.stack(decode_jpeg(data)).to(x.device)
-        except (ImportError, AttributeError):  # a torchvision without them: Pillow below
-            pass
-    return pillow_map(lambda a: _jpeg_one(a, p), x)
+    def run(part: list[torch.Tensor]) -> list[torch.Tensor]:
+        return decode_jpeg(encode_jpeg(part, quality=int(p)))
+
+    images = list(x.cpu())
+    parts = max(1, min(len(images), torch.get_num_threads()))
+    if parts == 1:
+        out = run(images)
+    else:
+        step = -(-len(images) // parts)
+        out = [im for chunk in pool(parts).map(run, [images[i:i + step] for i in range(0, len(images), step)])
+               for im in chunk]
+    return torch.stack(out).to(x.device)
