@@ -115,3 +115,15 @@ def test_readme_main_command_runs_as_written(tmp_path):
     p = subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "demo" / "results.json").is_file() and (tmp_path / "demo" / "report.html").is_file()
+
+
+def test_set_parses_literals_and_shell_booleans():
+    """Invariant: ``--set`` values are Python literals, with true/false (any case) as booleans, not strings."""
+    from imgclass.cli import _parse_sets
+
+    got = _parse_sets(["adversarial.fast=false", "adversarial.per_sample=True", "calibration.n_bins=20",
+                       "adversarial.eps=2/255", "tta.views=FALSE"])
+    assert got == {"adversarial": {"fast": False, "per_sample": True, "eps": "2/255"},
+                   "calibration": {"n_bins": 20}, "tta": {"views": False}}
+    with pytest.raises(ValueError, match="PROBE.PARAM=VALUE"):
+        _parse_sets(["fast=false"])

@@ -13,17 +13,20 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 def _parse_sets(items: list[str]) -> dict[str, dict]:
-    """``--set calibration.n_bins=20`` -> {'calibration': {'n_bins': 20}} (values parsed as Python literals)."""
+    """``--set calibration.n_bins=20`` -> {'calibration': {'n_bins': 20}} (values parsed as Python literals; true/false as booleans)."""
     out: dict[str, dict] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         probe, dot, param = key.partition(".")
         if not sep or not dot:
             raise ValueError(f"--set {item!r}: expected PROBE.PARAM=VALUE")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
+        if raw.strip().lower() in {"true", "false"}:  # shell-friendly booleans beside Python's True/False
+            value = raw.strip().lower() == "true"
+        else:
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw
         out.setdefault(probe, {})[param] = value
     return out
 
