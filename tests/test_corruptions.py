@@ -128,21 +128,59 @@ def test_bad_input_gets_a_clear_error():
     assert corrupt(x[:0], "fog", 1, seed=0, sample_ids=[]).shape == (0, 3, 32, 32)
 
 
-def test_frost_without_the_textures_names_the_package(monkeypatch):
+def _without_imagecorruptions(monkeypatch):
     import importlib.util
-
-    from imgclass.corruptions import weather
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "imagecorruptions" else real(n, *a))
+
+
+@pytest.fixture
+def fresh_frost():
+    from imgclass.corruptions import weather
+
     weather._frost_resized.cache_clear()
     weather._frost_texture.cache_clear()
-    try:
-        with pytest.raises(RuntimeError, match="pip install imagecorruptions"):
-            corrupt(_images(1), "frost", 1, seed=0, sample_ids=[0])
-    finally:
-        weather._frost_resized.cache_clear()
-        weather._frost_texture.cache_clear()
+    yield
+    weather._frost_resized.cache_clear()
+    weather._frost_texture.cache_clear()
+
+
+def test_frost_without_the_textures_names_the_package_and_the_mirror(monkeypatch, tmp_path, fresh_frost):
+    import dataclasses
+
+    from imgclass.assets import ASSETS
+
+    _without_imagecorruptions(monkeypatch)
+    monkeypatch.setenv("IMGCLASS_MIRROR", str(tmp_path / "empty-mirror"))
+    monkeypatch.setenv("IMGCLASS_HOME", str(tmp_path / "home"))
+    for i in range(1, 6):  # no download either
+        monkeypatch.setitem(ASSETS, f"frost-{i}", dataclasses.replace(ASSETS[f"frost-{i}"], url=None))
+    with pytest.raises(RuntimeError, match="pip install imagecorruptions.*IMGCLASS_MIRROR"):
+        corrupt(_images(1), "frost", 1, seed=0, sample_ids=[0])
+
+
+def test_frost_textures_from_the_asset_layer_equal_the_package_ones(monkeypatch, tmp_path, fresh_frost):
+    """Reference: the same corruption with the textures of the installed imagecorruptions package."""
+    import shutil
+
+    from imgclass.corruptions.weather import FROST_FILES, frost_dir
+
+    x = _images(4)
+    want = [corrupt(x, "frost", s, seed=3, sample_ids=[0, 1, 2, 3]) for s in (1, 5)]
+    mirror = tmp_path / "mirror"
+    (mirror / "corruptions" / "frost").mkdir(parents=True)
+    for f in FROST_FILES:
+        shutil.copy(frost_dir() / f, mirror / "corruptions" / "frost" / f)
+    _without_imagecorruptions(monkeypatch)
+    monkeypatch.setenv("IMGCLASS_MIRROR", str(mirror))
+    monkeypatch.setenv("IMGCLASS_HOME", str(tmp_path / "home"))
+    from imgclass.corruptions import weather
+
+    weather._frost_resized.cache_clear()
+    weather._frost_texture.cache_clear()
+    got = [corrupt(x, "frost", s, seed=3, sample_ids=[0, 1, 2, 3]) for s in (1, 5)]
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
 def test_draw_then_apply_is_corrupt():

@@ -338,6 +338,21 @@ for _file, _sub, _sha, _desc in [
         "see the VNN-COMP 2021 benchmark repository", _desc, url=f"{_VNN}{_sub}/{_file}",
         source="https://github.com/stanleybak/vnncomp2021", kind="weights",
     ))
+# the frost textures of the frost corruption (imagecorruptions 1.1.2 ships them; fetched from its repository when the
+# package is not installed)
+for _file, _sha in [
+    ("frost1.png", "ff9f907860bd7a835d459e32f9d588062b7f61ee267343cc7222b56753a14755"),
+    ("frost2.png", "fe211a89b336999c207a852ce05818d4545d0b57c5beadd824b4cc9d9a9b6137"),
+    ("frost3.png", "2d0d50b4a9bb213f38b024ef7768731bb83cc08d2f26b5766bbc167cdfa0e504"),
+    ("frost4.jpg", "3f8b91ca1a9fa7167b09e773da53f5ae60d0a1fd88f02a783f6e328a72887f6e"),
+    ("frost5.jpg", "5fc6a19df4a429ba68abdcc8f8a4278d4c9f81c9ccafd2c92ab0c8cf8992ebd2"),
+]:
+    register_asset(Asset(
+        "frost-" + _file.split(".")[0].removeprefix("frost"), f"corruptions/frost/{_file}", _sha,
+        "Apache-2.0", f"frost texture {_file} of ImageNet-C (Hendrycks & Dietterich 2019), as imagecorruptions ships it",
+        url=f"https://github.com/bethgelab/imagecorruptions/raw/master/imagecorruptions/frost/{_file}",
+        source="https://github.com/bethgelab/imagecorruptions", kind="metadata",
+    ))
 for _file, _sha in [
     ("pretrainedResnet.tflite", "b5c0046d6e0328b4956afd6baa29555a29b1f1c65bdd45aaed75b7cd484d9f79"),
     ("pretrainedResnet_quant.tflite", "3c002613d1b2475eb51dd78dfb85a546c8ae658dee71cf6ade43b022fe205415"),

@@ -80,7 +80,16 @@ def frost_dir() -> Path:
 def _frost_texture(i: int) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(frost_dir() / FROST_FILES[i]) as im:
+    try:
+        path = frost_dir() / FROST_FILES[i]
+    except RuntimeError as missing_package:  # no imagecorruptions: the same files through the asset layer
+        from ..assets import AssetError, fetch
+
+        try:
+            path = fetch(f"frost-{i + 1}")
+        except AssetError as e:
+            raise RuntimeError(f"{missing_package}; or make the texture available: {e}") from e
+    with Image.open(path) as im:
         return np.array(im.convert("RGB"))  # cv2.imread drops the alpha channel the same way
 
 
