@@ -116,23 +116,6 @@ def test_apgd_matches_torchattacks_robust_accuracy(r2b, data200):
     assert abs(ours_t - ref_t) <= 0.02, (ours_t, ref_t)
 
 
-def test_cw_matches_torchattacks_robust_accuracy(r2b, data200):
-    """Reference: torchattacks.CW (c=1, 50 Adam steps, no binary search) run with the same settings; robust
-    accuracy, and accuracy at L2 0.25 (a sample counts as robust there if its perturbation is larger)."""
-    x, y = _correct(r2b, *data200)
-    ours = get_attack("cw", steps=50, search_steps=1, initial_const=1.0)(r2b, x, y).adv
-    ref = torchattacks.CW(r2b, c=1.0, kappa=0, steps=50, lr=0.01)(x, y).detach()
-
-    def at(adv, e):
-        with torch.no_grad():
-            right = r2b(adv).argmax(1) == y
-        small = (adv - x).flatten(1).norm(dim=1) <= e
-        return float((right | ~small).double().mean())
-
-    assert abs(_acc(r2b, ours, y) - _acc(r2b, ref, y)) <= 0.02
-    assert abs(at(ours, 0.25) - at(ref, 0.25)) <= 0.02
-
-
 def test_cw_binary_search_shrinks_the_perturbations(r2b):
     """Invariant (Carlini & Wagner 2017): searching over c finds smaller adversarial perturbations than a fixed c."""
     x, y = _correct(r2b, *_images(48))
@@ -145,30 +128,34 @@ def test_cw_binary_search_shrinks_the_perturbations(r2b):
     assert four.norm[both].median() < 0.95 * one.norm[both].median()
 
 
-def test_square_matches_torchattacks_robust_accuracy(r2b, data200):
-    """Reference: torchattacks.Square (auto-attack's code), Linf 2/255, 300 queries, within 2 points; queries counted."""
-    x, y = _correct(r2b, *data200)
-    res = get_attack("square", eps=2 / 255, n_queries=300)(r2b, x, y)
-    ref = torchattacks.Square(r2b, eps=2 / 255, n_queries=300, seed=0)(x, y)
-    assert abs(_acc(r2b, res.adv, y) - _acc(r2b, ref, y)) <= 0.02
-    assert res.queries.max() <= 301 and (res.queries[res.success] < 301).all()
-    assert (res.queries[~res.success] == 301).all()  # the ones that resisted used the whole budget
-
-
 @pytest.mark.slow
 def test_cw_and_square_match_torchattacks_on_500_images(r2b):
-    """Reference: torchattacks.CW (c=1, 50 Adam steps) and torchattacks.Square (Linf 2/255, 1,000 queries) on
-    the first 500 lossless CIFAR-10 test images: robust accuracy (clean mistakes count as broken) within 2 points."""
+    """Reference: torchattacks.CW (c=1, 50 Adam steps, no binary search, run with the same settings) and
+    torchattacks.Square (auto-attack's code, Linf 2/255, 1,000 queries) on the first 500 lossless CIFAR-10 test
+    images: robust accuracy (clean mistakes count as broken) within 2 points, and for CW also the accuracy at L2
+    0.25 (a sample counts as robust there if its perturbation is larger); Square's queries are counted.
+    Measured: CW 2.0 / 2.0 %, Square 57.0 / 57.0 %."""
     x, y = _images(500)
     cw = get_attack("cw", steps=50, search_steps=1, initial_const=1.0)(r2b, x, y).adv
     cw_ref = torchattacks.CW(r2b, c=1.0, kappa=0, steps=50, lr=0.01)(x, y).detach()
-    sq = get_attack("square", eps=2 / 255, n_queries=1000)(r2b, x, y).adv
+    sq_res = get_attack("square", eps=2 / 255, n_queries=1000)(r2b, x, y)
     sq_ref = torchattacks.Square(r2b, eps=2 / 255, n_queries=1000, seed=0)(x, y)
-    accs = {k: _acc(r2b, a, y) for k, a in (("cw", cw), ("cw_ref", cw_ref), ("sq", sq), ("sq_ref", sq_ref))}
+    accs = {k: _acc(r2b, a, y) for k, a in (("cw", cw), ("cw_ref", cw_ref), ("sq", sq_res.adv), ("sq_ref", sq_ref))}
     print(accs)
     assert abs(accs["cw"] - accs["cw_ref"]) <= 0.02, accs
     assert abs(accs["sq"] - accs["sq_ref"]) <= 0.02, accs
     assert accs["sq"] < _acc(r2b, x, y) - 0.05  # the black-box attack does break images
+
+    def at(adv, e):
+        with torch.no_grad():
+            right = r2b(adv).argmax(1) == y
+        small = (adv - x).flatten(1).norm(dim=1) <= e
+        return float((right | ~small).double().mean())
+
+    assert abs(at(cw, 0.25) - at(cw_ref, 0.25)) <= 0.02
+    q = sq_res.queries  # the first query is the initial stripes
+    assert q.max() <= 1001 and (q[sq_res.success] < 1001).all()
+    assert (q[~sq_res.success] == 1001).all()  # the ones that resisted used the whole budget
 
 
 # -- the decision-based attack and the patch ------------------------------------------------------------
