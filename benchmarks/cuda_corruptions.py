@@ -1,7 +1,7 @@
 """Corruptions on a GPU (run on demand, not in CI): throughput of every corruption, and determinism there.
 
 Throughput in images per second (all five severities, ImageNet parameters) at 224x224 (CIFAR-10 test images
-upsampled, or ImageNet sample crops with ``--imagenet``) and 32x32, batches of ``--batch``; then the check that
+upsampled bicubically) and 32x32, batches of ``--batch``; then the check that
 a seed gives bit-identical images at batch size 1 and 64 on the GPU too, and how far the GPU's deterministic
 corruptions are from the CPU's (the random ones draw from the device's generator, so they differ by design).
 

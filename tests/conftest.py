@@ -27,22 +27,25 @@ def _isolated_cache(tmp_path_factory):
         os.environ["IMGCLASS_HOME"] = old
 
 
+def unavailable(why: str) -> None:
+    """A test's reference or data is missing: a failure in CI (whose script provides everything), elsewhere a skip."""
+    if IN_CI:
+        pytest.fail(f"{why} (.ci/run provides it)")
+    pytest.skip(why)
+
+
 def mirror_file(rel: str) -> Path:
     """A file of the asset mirror; in CI its absence is a failure, elsewhere a skip."""
     p = MIRROR / rel
     if not p.is_file():
-        if IN_CI:
-            pytest.fail(f"asset mirror file {p} is missing (IMGCLASS_MIRROR={MIRROR})")
-        pytest.skip(f"asset mirror file {p} not available")
+        unavailable(f"asset mirror file {p} is missing (IMGCLASS_MIRROR={MIRROR})")
     return p
 
 
 @pytest.fixture
 def mirror():
     if not MIRROR.is_dir():
-        if IN_CI:
-            pytest.fail(f"asset mirror {MIRROR} is missing")
-        pytest.skip("asset mirror not available")
+        unavailable(f"asset mirror {MIRROR} is missing")
     return MIRROR
 
 

@@ -135,15 +135,18 @@ def _without_imagecorruptions(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "imagecorruptions" else real(n, *a))
 
 
-@pytest.fixture
-def fresh_frost():
+def _clear_frost_caches():
     from imgclass.corruptions import weather
 
     weather._frost_resized.cache_clear()
     weather._frost_texture.cache_clear()
+
+
+@pytest.fixture
+def fresh_frost():
+    _clear_frost_caches()
     yield
-    weather._frost_resized.cache_clear()
-    weather._frost_texture.cache_clear()
+    _clear_frost_caches()
 
 
 def test_frost_without_the_textures_names_the_package_and_the_mirror(monkeypatch, tmp_path, fresh_frost):
@@ -175,10 +178,7 @@ def test_frost_textures_from_the_asset_layer_equal_the_package_ones(monkeypatch,
     _without_imagecorruptions(monkeypatch)
     monkeypatch.setenv("IMGCLASS_MIRROR", str(mirror))
     monkeypatch.setenv("IMGCLASS_HOME", str(tmp_path / "home"))
-    from imgclass.corruptions import weather
-
-    weather._frost_resized.cache_clear()
-    weather._frost_texture.cache_clear()
+    _clear_frost_caches()  # the textures read above came from the package
     got = [corrupt(x, "frost", s, seed=3, sample_ids=[0, 1, 2, 3]) for s in (1, 5)]
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 

@@ -649,18 +649,16 @@ def test_pillow_box_reduction_is_reproduced_exactly():
 
 def _imagemagick():
     """Wand bound to ImageMagick's MagickMotionBlurImage, as make_cifar_c.py binds it (skipped where the
-    library is missing, except in CI, whose script installs it)."""
+    library is missing, a failure in CI, whose script installs it)."""
     import ctypes
 
     try:
         from wand.api import library
         from wand.image import Image as WandImage
     except ImportError as e:
-        from conftest import IN_CI
+        from conftest import unavailable
 
-        if IN_CI:
-            pytest.fail(f"ImageMagick's MagickWand or Wand is missing ({e}); .ci/run installs them")
-        pytest.skip(f"ImageMagick's MagickWand or Wand is missing ({e})")
+        unavailable(f"ImageMagick's MagickWand or Wand is missing ({e})")
     library.MagickMotionBlurImage.argtypes = (ctypes.c_void_p, ctypes.c_double, ctypes.c_double, ctypes.c_double)
 
     def blur(img: np.ndarray, radius: float, sigma: float, angle: float) -> np.ndarray:
@@ -700,16 +698,21 @@ def _cifar_snow_reference(blur, img: np.ndarray, c: tuple, z: np.ndarray, angle:
     return np.uint8(np.clip(x + layer + np.rot90(layer, k=2), 0, 1) * 255)
 
 
+def _cifar_severities(name: str, images: np.ndarray):
+    """(severity, our draws, our images) for every severity of ``name`` with the CIFAR-10-C parameters."""
+    x = as_batch(images)
+    for s in range(1, 6):
+        d = draw(x, name, s, seed=5, sample_ids=list(range(len(x))), params="cifar10")
+        yield s, d, as_hwc(apply(x, name, s, d, params="cifar10"))
+
+
 def test_cifar_motion_blur_equals_imagemagick_given_the_same_angles():
     """Reference: ImageMagick's MotionBlurImage through Wand, as Hendrycks' CIFAR-10-C generator calls it, on 50
     CIFAR-10 test images at every severity with our angle draws: within 1 intensity level everywhere (measured:
     identical for > 99 % of the values)."""
     blur = _imagemagick()
     images = cifar_images(50)
-    x = as_batch(images)
-    for s in range(1, 6):
-        d = draw(x, "motion_blur", s, seed=5, sample_ids=list(range(50)), params="cifar10")
-        ours = as_hwc(apply(x, "motion_blur", s, d, params="cifar10"))
+    for s, d, ours in _cifar_severities("motion_blur", images):
         radius, sigma = get_params("motion_blur", s, "cifar10")
         ref = [blur(img, radius, sigma, -45.0 + 90.0 * float(d["u"][i])) for i, img in enumerate(images)]
         ref = np.stack([r if r.ndim == 3 else np.stack([r] * 3, -1) for r in ref])  # grey to RGB, as the generator
@@ -724,10 +727,7 @@ def test_cifar_snow_equals_imagemagick_given_the_same_draws():
     images is within 0.5 dB of the reference's."""
     blur = _imagemagick()
     images = cifar_images(50)
-    x = as_batch(images)
-    for s in range(1, 6):
-        d = draw(x, "snow", s, seed=5, sample_ids=list(range(50)), params="cifar10")
-        ours = as_hwc(apply(x, "snow", s, d, params="cifar10"))
+    for s, d, ours in _cifar_severities("snow", images):
         c = get_params("snow", s, "cifar10")
         ref = np.stack([_cifar_snow_reference(blur, img, c, d["z"][i].numpy(), -135.0 + 90.0 * float(d["u"][i]))
                         for i, img in enumerate(images)])

@@ -18,7 +18,7 @@ from imgclass.data import DATASET_SOURCES, ZOO_DATASETS, load_dataset
 from imgclass.data.sources import DatasetSourceError
 from imgclass.specs import SpecError
 
-from conftest import IN_CI, mirror_file
+from conftest import mirror_file, unavailable
 from helpers import rgb_image, save_png
 
 
@@ -240,9 +240,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 def test_fashion_mnist_from_debian():
     """Reference: the published sizes of Fashion-MNIST (60,000 train / 10,000 test, 10 balanced classes)."""
     if not FASHION.is_dir():
-        if IN_CI:
-            pytest.fail("apt package dataset-fashion-mnist is not installed (.ci/run installs it)")
-        pytest.skip("dataset-fashion-mnist not installed")
+        unavailable("apt package dataset-fashion-mnist is not installed")
     test = load_dataset(f"idx:{FASHION}")
     train = load_dataset(f"idx:{FASHION}?split=train")
     assert len(test) == 10_000 and len(train) == 60_000

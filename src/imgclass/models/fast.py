@@ -52,7 +52,7 @@ def inference_copy(clf: Classifier, *, fold_bn: bool = True, channels_last: bool
         try:
             from torch.fx.experimental.optimization import fuse
 
-            net = fuse(net)
+            net = fuse(net)  # not in place: the unfolded network stays intact for the fallback below
         except Exception as e:  # untraceable network (data-dependent control flow): run it unfolded
             log.debug("%s: batch norm not folded (%s)", clf.source, e)
     if channels_last and out.config.layout == "nchw":
