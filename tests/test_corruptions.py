@@ -62,6 +62,32 @@ def test_cpu_pieces_change_nothing(monkeypatch):
         assert torch.equal(corrupt(x, name, 4, seed=2, sample_ids=ids), whole), name
 
 
+def test_cpu_kernels_equal_their_tensor_twins():
+    """Invariant: the numba kernels (corrupt() on the CPU) equal the tensor code (the path on every other device)
+    bit for bit, with one thread or two, however the work splits: a 224 px image cut in two, two 99x101 images cut
+    inside the second at an odd position, a small batch left whole."""
+    from imgclass.corruptions.base import REGISTRY
+    from imgclass.corruptions.kernels import HAVE_NUMBA
+
+    names = [n for n in CORRUPTIONS if REGISTRY[n].fused is not None]
+    assert HAVE_NUMBA and {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"} <= set(names)
+    g = torch.Generator().manual_seed(3)
+    threads = torch.get_num_threads()
+    try:
+        for shape in [(1, 3, 224, 224), (2, 3, 99, 101), (3, 3, 37, 53)]:
+            x = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+            ids = [f"t{i}" for i in range(len(x))]
+            for n_threads in (1, 2):
+                torch.set_num_threads(n_threads)
+                for name in names:
+                    for params, s in (("imagenet", 2), ("cifar10", 5)):
+                        twin = apply(x, name, s, draw(x, name, s, seed=4, sample_ids=ids, params=params), params=params)
+                        assert torch.equal(corrupt(x, name, s, seed=4, sample_ids=ids, params=params), twin), \
+                            (name, shape, n_threads, params)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_seed_and_sample_id_change_the_random_draw_only():
     """Invariant: random corruptions change with the seed or the sample id, deterministic ones do not."""
     x = _images(2)

@@ -294,18 +294,15 @@ def test_deterministic_corruption_equals_imagecorruptions(name):
 
 def reference_draws(name: str, draws: dict, i: int, x: torch.Tensor, p) -> list:
     """Our draws for image i in the order and form the reference asks NumPy for them."""
-    from imgclass.corruptions.noise import poisson_inverse
-
     def hwc(t):
         return t.permute(1, 2, 0).cpu().numpy()
 
-    if name in ("gaussian_noise", "speckle_noise"):
-        return [hwc(draws["z"][i]).astype(np.float64)]
-    if name == "shot_noise":
-        return [hwc(poisson_inverse(x[i:i + 1], draws["u"][i:i + 1], p).view(x.shape[1:])).astype(np.int64)]
-    if name == "impulse_noise":  # ours: flip if u <= p, salt if u <= p / 2; scikit-image: two uniforms
-        u = hwc(draws["u"][i]).astype(np.float64)
-        return [u, u / p]
+    if name == "impulse_noise":  # ours: one word, flip below t_flip, salt below t_salt; scikit-image: two uniforms
+        from imgclass.corruptions.noise import _impulse_thresholds
+
+        t_flip, t_salt = _impulse_thresholds(p)
+        w = hwc(draws["w"][i])
+        return [np.where(w < t_flip, 0.0, 1.0), np.where(w < t_salt, 0.0, 1.0)]
     if name == "glass_blur":  # one (dx, dy) per visited pixel: bottom-right first
         off = draws["offsets"][i].numpy()
         return [off[it, a, b].astype(np.int64) for it in range(off.shape[0])
@@ -343,7 +340,13 @@ def compare_given_draws(mod, fake, name: str, images: np.ndarray, severity: int,
     return assert_within_one_level(ours, np.stack(refs), f"{name} severity {severity} ({params})")
 
 
-@pytest.mark.parametrize("name", RANDOM)
+# gaussian, shot and speckle noise draw each output level from its distribution given the input level (one word
+# per value): compared with the reference's arithmetic by the level tables below, and in distribution (PSNR)
+LEVEL_TABLE = ("gaussian_noise", "shot_noise", "speckle_noise")
+GIVEN_DRAWS = tuple(n for n in RANDOM if n not in LEVEL_TABLE)
+
+
+@pytest.mark.parametrize("name", GIVEN_DRAWS)
 def test_random_corruption_equals_imagecorruptions_given_the_same_draws(name):
     """imagecorruptions 1.1.2 fed our random draws (through a stand-in for np.random): the same images.
 
@@ -410,15 +413,16 @@ CIFAR_CONSTANTS = {  # transcribed from the generator, independently of imgclass
 @pytest.mark.parametrize("name", sorted(CIFAR_CONSTANTS))
 def test_cifar_parameters_equal_the_reference_with_the_cifar_generator_constants(name):
     """Corruptions whose CIFAR-10-C code is imagecorruptions' with other constants: the reference with those
-    constants, on CIFAR-10 test images, every severity (random ones given the same draws)."""
+    constants, on CIFAR-10 test images, every severity (random ones given the same draws; the level-table noises
+    are checked against these constants in test_noise_level_tables_equal_the_reference_arithmetic)."""
     mod, fake = load_reference()
     ref = reference_cifar(mod, name, CIFAR_CONSTANTS[name])
     images = cifar_images(6)
     for s in range(1, 6):
         assert get_params(name, s, "cifar10") == CIFAR_CONSTANTS[name][s - 1]
-        if name in RANDOM:
+        if name in GIVEN_DRAWS:
             compare_given_draws(mod, fake, name, images, s, params="cifar10", reference=ref)
-        else:
+        elif name not in LEVEL_TABLE:  # those: test_noise_level_tables_equal_the_reference_arithmetic
             from PIL import Image
 
             ours = as_hwc(corrupt(as_batch(images), name, s, seed=0, sample_ids=list(range(6)), params="cifar10"))
@@ -613,21 +617,77 @@ def test_opencv_operations_equal_opencv():
                                rtol=1e-6)
 
 
-def test_poisson_draws_follow_the_poisson_distribution():
-    """The shot-noise sampler (inversion with a guide table) against scipy.stats.poisson, in the tails too."""
-    from scipy.stats import poisson
+def table_distribution(thr: np.ndarray, alias: np.ndarray) -> np.ndarray:
+    """P(output level | input level) that an alias table draws, exactly: column j is picked with probability
+    1/256, then kept with probability thr/2**24, else its alias."""
+    thr = thr.reshape(256, 256).astype(np.float64) / 2 ** 24
+    alias = alias.reshape(256, 256)
+    out = thr / 256
+    for v in range(256):
+        np.add.at(out[v], alias[v], (1 - np.minimum(thr[v], 1)) / 256)
+    return out
 
-    from imgclass.corruptions.noise import poisson_inverse
 
-    g = torch.Generator().manual_seed(0)
-    for c, level in [(60, 255), (3, 17), (500, 128)]:
-        lam = level / 255 * c
-        v = torch.full((200_000,), level, dtype=torch.uint8)
-        k = poisson_inverse(v, torch.rand(200_000, generator=g, dtype=torch.float64), c).numpy()
-        assert abs(k.mean() - lam) < 4 * np.sqrt(lam / 200_000)
-        assert abs(k.var() / lam - 1) < 0.02
-        for q in (0.001, 0.5, 0.999):  # quantiles
-            assert abs(np.mean(k <= poisson.ppf(q, lam)) - poisson.cdf(poisson.ppf(q, lam), lam)) < 0.004
+@pytest.mark.parametrize("name", LEVEL_TABLE)
+def test_noise_level_tables_equal_the_reference_arithmetic(name):
+    """The reference (imagecorruptions 1.1.2, and with the CIFAR-10-C constants) fed a stratified grid of
+    2**15 quantiles of its own random draw (normal, or Poisson counts) for each of 12 input levels: its output
+    levels' frequencies equal the probabilities our alias tables draw with, to the grid's resolution (each
+    level's frequency within 2 quantile cells), at every severity of both parameter sets."""
+    from PIL import Image
+    from scipy.stats import norm, poisson
+
+    from imgclass.corruptions.noise import level_table
+
+    mod, fake = load_reference()
+    levels = np.array([0, 1, 2, 17, 64, 100, 128, 200, 250, 253, 254, 255])
+    rows, width = 128, 86  # 128 x 86 x 3 = 33,024 >= 2**15 values per level
+    k = rows * width * 3
+    q = (np.arange(k) + 0.5) / k
+    image = np.repeat(levels, rows)[:, None, None] * np.ones((1, width, 3), dtype=np.uint8)
+    for params in ("imagenet", "cifar10"):
+        fn = (getattr(mod, name) if params == "imagenet"
+              else reference_cifar(mod, name, CIFAR_CONSTANTS[name]))
+        for s in range(1, 6):
+            c = get_params(name, s, params)
+            if name == "shot_noise":
+                draws = np.concatenate([poisson.ppf(q, v / 255.0 * c) for v in levels]).astype(np.int64)
+            else:
+                draws = np.tile(norm.ppf(q), len(levels))
+            fake.push(draws.reshape(image.shape))
+            out = np.uint8(fn(Image.fromarray(image.astype(np.uint8)), s)).reshape(len(levels), -1)
+            ours = table_distribution(*level_table(name, c))
+            for i, v in enumerate(levels):
+                freq = np.bincount(out[i], minlength=256) / k
+                worst = np.abs(freq - ours[v]).max()
+                assert worst <= 2 / k + 1e-7, f"{name} {params} severity {s} level {v}: off by {worst:.2e}"
+
+
+def test_noise_words_are_splitmix64():
+    """The counter-based words against SplitMix64 written from its published C code (Steele, Lea & Flood 2014;
+    Vigna's splitmix64.c), the numba kernels' words against the tensor ones, and a uniformity check."""
+    from imgclass.corruptions import kernels
+
+    def splitmix64(state: int, n: int) -> list[int]:
+        out = []
+        for _ in range(n):
+            state = (state + 0x9E3779B97F4A7C15) % 2 ** 64
+            z = state
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2 ** 64
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2 ** 64
+            out.append(z ^ (z >> 31))
+        return out
+
+    keys = torch.tensor([0, 1, 1234567, 2 ** 63 - 1], dtype=torch.int64)
+    w = kernels.words(keys, 11)
+    for key, row in zip(keys.tolist(), w.tolist()):
+        expect = [h >> (32 * half) & 0xFFFFFFFF for h in splitmix64(key, 6) for half in (0, 1)]
+        assert row == expect[:11]
+    if kernels.HAVE_NUMBA:
+        assert [int(kernels._word(np.uint64(1234567), i)) for i in range(11)] == w[2].tolist()
+    big = kernels.words(torch.tensor([42]), 1 << 20)[0].double() / 2 ** 32
+    assert abs(big.mean().item() - 0.5) < 5 * (1 / 12 / 2 ** 20) ** 0.5
+    assert abs(np.histogram(big.numpy(), 16, (0, 1))[0] / 2 ** 16 - 1).max() < 0.02
 
 
 def test_pillow_box_reduction_is_reproduced_exactly():

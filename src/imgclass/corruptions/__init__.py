@@ -5,9 +5,11 @@ device and returns the corrupted batch, uint8, same shape and device. Two parame
 (the ``imagecorruptions`` 1.1.2 package, any image size) and ``cifar10`` (Hendrycks' CIFAR-10-C
 generator, 32x32). Outputs follow the reference operation by operation, including its truncation to
 uint8. Each image's random draw comes from its own generator, seeded from (seed, corruption, severity,
-sample id) only: batch size, batch order and the number of processes change nothing. The generator lives
-on the images' device, so CPU and CUDA draws differ. On the CPU a batch goes through in pieces that fit the
-cache (each corruption says how large), which is several times faster than whole multi-megabyte batches.
+sample id) only: batch size, batch order and the number of processes change nothing. The per-pixel noises
+draw from a counter-based generator (``kernels.words``), the same on every device; the others from a torch
+generator on the images' device, so their CPU and CUDA draws differ. On the CPU the per-pixel corruptions run
+as fused numba kernels (``kernels``), the others in pieces that fit the cache (each corruption says how
+large), several times faster than whole multi-megabyte batches.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Sequence
 import torch
 
 from . import blur, digital, noise, weather  # noqa: F401  (they fill the registry)
-from .base import REGISTRY, generators
+from .base import REGISTRY, generators, keys
+from .kernels import HAVE_NUMBA
 from .params import PARAM_SETS, TABLES, get_params
 
 CORRUPTIONS: tuple[str, ...] = (
@@ -56,6 +59,8 @@ def draw(images: torch.Tensor, name: str, severity: int, *, seed: int, sample_id
     c = REGISTRY[name]
     if c.draw is None:
         return {}
+    if c.keyed:
+        return c.draw(keys(seed, name, severity, sample_ids).to(images.device), images, p, params)
     return c.draw(generators(seed, name, severity, sample_ids, images.device), images, p, params)
 
 
@@ -79,6 +84,10 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int, sample
     _check(images, name)
     if len(sample_ids) != len(images):
         raise ValueError(f"{len(sample_ids)} sample ids for {len(images)} images")
+    c = REGISTRY[name]
+    if c.fused is not None and HAVE_NUMBA and images.device.type == "cpu":
+        p = get_params(name, severity, params)
+        return c.fused(images.contiguous(), keys(seed, name, severity, sample_ids), p, params)
     step = len(images)
     if images.device.type == "cpu":
         step = max(1, REGISTRY[name].chunk // max(1, images[0].numel()))

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["Corruption", "REGISTRY", "register", "generators", "to_uint8", "to_uint8_255", "gaussian_kernel1d", "border_index",
+__all__ = ["Corruption", "REGISTRY", "register", "generators", "keys", "to_uint8", "to_uint8_255", "gaussian_kernel1d", "border_index",
            "filter_matrix", "separable_filter", "motion_blur", "zoom_coords", "interp_matrix"]
 
 
@@ -28,14 +28,19 @@ class Corruption:
     # values (N*C*H*W) corrupted at a time on the CPU: pieces that stay in the cache are several times faster
     # than whole batches (fresh multi-megabyte temporaries page-fault); loop-heavy corruptions take more
     chunk: int = 1 << 20
+    # draws from the counter-based words (``kernels.words``) of per-image keys instead of torch generators
+    keyed: bool = False
+    # the CPU kernel: fused(x, keys, p, pset) -> corrupted batch, the same values as apply(draw(...))
+    fused: Callable[..., torch.Tensor] | None = None
 
 
 REGISTRY: dict[str, Corruption] = {}
 
 
-def register(name: str, draw: Callable[..., dict] | None = None, *, chunk: int = 1 << 20):
+def register(name: str, draw: Callable[..., dict] | None = None, *, chunk: int = 1 << 20, keyed: bool = False,
+             fused: Callable[..., torch.Tensor] | None = None):
     def deco(fn):
-        REGISTRY[name] = Corruption(name, fn, draw, chunk)
+        REGISTRY[name] = Corruption(name, fn, draw, chunk, keyed, fused)
         return fn
 
     return deco
@@ -56,6 +61,11 @@ def generators(seed: int, name: str, severity: int, sample_ids: Sequence[str | i
         g.manual_seed(_key(seed, name, severity, sid))
         gens.append(g)
     return gens
+
+
+def keys(seed: int, name: str, severity: int, sample_ids: Sequence[str | int]) -> torch.Tensor:
+    """The 63-bit key of each image (int64, on the CPU): the seed of its counter-based random words."""
+    return torch.tensor([_key(seed, name, severity, sid) for sid in sample_ids], dtype=torch.int64)
 
 
 def stack_draws(gens: list[torch.Generator], fn: Callable[[torch.Generator], torch.Tensor]) -> torch.Tensor:

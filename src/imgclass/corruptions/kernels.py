@@ -1,0 +1,153 @@
+"""CPU kernels of the corruptions (numba), and the counter-based random words they share with the tensor path.
+
+On the CPU a corruption that is a short per-pixel computation spends its time in torch's passes over the
+batch (one temporary per operation, a generator call per image); a fused loop compiled by numba does the
+same arithmetic in one pass. The kernels release the GIL and run on the process-wide thread pool, the work
+split by position, so the result never depends on the number of threads. Each kernel has a tensor
+twin (the code in the corruption's module) that runs on every device; the tests hold the two equal.
+
+Random words: word ``i`` of an image (its values in (C, H, W) order) is half of ``mix64(key + (i // 2 + 1) *
+GAMMA)``, the low 32 bits for even ``i``, the high ones for odd (SplitMix64's output function; ``key`` is the
+image's 63-bit key from (seed, corruption, severity, sample id)). A counter-based generator: any piece of
+any image is drawn without the others, on any device, bit for bit the same.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+try:  # numba is a dependency; without it (or with NUMBA_DISABLE_JIT) the tensor path runs on the CPU too
+    from numba import njit
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover
+    HAVE_NUMBA = False
+
+GAMMA = 0x9E3779B97F4A7C15
+_M1 = 0xBF58476D1CE4E5B9
+_M2 = 0x94D049BB133111EB
+
+__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse"]
+
+
+def _signed(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+def _lshr(z: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch shifts arithmetically)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def words(keys: torch.Tensor, n: int, device=None) -> torch.Tensor:
+    """The first ``n`` random words (0 .. 2**32 - 1, int64) of each key: (len(keys), n). The tensor twin of the
+    kernels' generator (int64 arithmetic wraps modulo 2**64 on every device torch has)."""
+    keys = keys.to(device=device, dtype=torch.int64)
+    half = (n + 1) // 2
+    ctr = torch.arange(1, half + 1, device=keys.device, dtype=torch.int64)
+    z = keys[:, None] + ctr[None, :] * _signed(GAMMA)
+    z = (z ^ _lshr(z, 30)) * _signed(_M1)
+    z = (z ^ _lshr(z, 27)) * _signed(_M2)
+    z = z ^ _lshr(z, 31)
+    out = torch.stack([z & 0xFFFFFFFF, _lshr(z, 32)], -1).reshape(len(keys), 2 * half)
+    return out[:, :n]
+
+
+def run_split(fn, total: int, *args, align: int = 2, min_part: int = 1 << 15) -> None:
+    """Call ``fn(lo, hi, *args)`` over [0, total) in as many parts as torch has threads, in the thread pool
+    (the kernels release the GIL); parts start at multiples of ``align``."""
+    from .digital import pool
+
+    parts = max(1, min(torch.get_num_threads(), total // max(1, min_part)))
+    if parts == 1:
+        fn(0, total, *args)
+        return
+    step = -(-total // parts)
+    step += (-step) % align
+    bounds = [(lo, min(lo + step, total)) for lo in range(0, total, step)]
+    for f in [pool(parts).submit(fn, lo, hi, *args) for lo, hi in bounds]:
+        f.result()
+
+
+if HAVE_NUMBA:
+    _G = np.uint64(GAMMA)
+    _K1 = np.uint64(_M1)
+    _K2 = np.uint64(_M2)
+    _LOW = np.uint64(0xFFFFFFFF)
+    _ONE = np.uint64(1)
+
+    @njit(nogil=True, cache=True, inline="always")
+    def _mix(z):
+        z = (z ^ (z >> np.uint64(30))) * _K1
+        z = (z ^ (z >> np.uint64(27))) * _K2
+        return z ^ (z >> np.uint64(31))
+
+    @njit(nogil=True, cache=True, inline="always")
+    def _word(key, i):
+        h = _mix(key + (np.uint64(i >> 1) + _ONE) * _G)
+        if i & 1:
+            return h >> np.uint64(32)
+        return h & _LOW
+
+    @njit(nogil=True, cache=True, inline="always")
+    def _pick(v, w, thr, alias):
+        j = np.int64(w >> np.uint64(24))
+        k = np.int64(v) * 256 + j
+        a = np.int64(alias[k])
+        keep = np.int64(np.int64(w & np.uint64(0xFFFFFF)) < thr[k])
+        return np.uint8(a + keep * (j - a))  # branch-free: the comparison is a coin flip
+
+    @njit(nogil=True, cache=True)
+    def _sample_table(lo, hi, x, out, keys, m, thr, alias):
+        """out[e] = outcome of input level x[e] drawn by the alias table from word e % m of image e // m."""
+        img = lo // m
+        while img * m < hi:
+            key = keys[img]
+            base = img * m
+            i = max(lo, base) - base
+            end = min(hi, base + m) - base
+            if i & 1 and i < end:  # odd start: the high half alone
+                out[base + i] = _pick(x[base + i], _word(key, i), thr, alias)
+                i += 1
+            while i + 1 < end:  # both halves of one hash
+                h = _mix(key + (np.uint64(i >> 1) + _ONE) * _G)
+                out[base + i] = _pick(x[base + i], h & _LOW, thr, alias)
+                out[base + i + 1] = _pick(x[base + i + 1], h >> np.uint64(32), thr, alias)
+                i += 2
+            if i < end:
+                out[base + i] = _pick(x[base + i], _word(key, i), thr, alias)
+            img += 1
+
+    @njit(nogil=True, cache=True)
+    def _impulse(lo, hi, x, out, keys, m, t_flip, t_salt):
+        img = lo // m
+        while img * m < hi:
+            key = keys[img]
+            base = img * m
+            for i in range(max(lo, base) - base, min(hi, base + m) - base):
+                w = np.int64(_word(key, i))
+                flip = np.int64(w < t_flip)
+                out[base + i] = np.uint8(np.int64(x[base + i]) * (1 - flip) + 255 * np.int64(w < t_salt))
+            img += 1
+
+
+def _flat(x: torch.Tensor) -> np.ndarray:
+    return x.contiguous().numpy().reshape(-1)
+
+
+def sample_table(x: torch.Tensor, keys: torch.Tensor, thr: np.ndarray, alias: np.ndarray) -> torch.Tensor:
+    """CPU kernel: every value of the uint8 batch replaced by a draw from its level's row of an alias table."""
+    out = torch.empty_like(x)
+    m = x[0].numel()
+    run_split(_sample_table, x.numel(), _flat(x), out.numpy().reshape(-1), keys.numpy().view(np.uint64), m,
+              thr, alias)
+    return out
+
+
+def impulse(x: torch.Tensor, keys: torch.Tensor, t_flip: int, t_salt: int) -> torch.Tensor:
+    """CPU kernel of the salt-and-pepper noise: word < t_salt -> 255, < t_flip -> 0, else unchanged."""
+    out = torch.empty_like(x)
+    run_split(_impulse, x.numel(), _flat(x), out.numpy().reshape(-1), keys.numpy().view(np.uint64),
+              x[0].numel(), t_flip, t_salt)
+    return out
