@@ -88,6 +88,25 @@ def test_cpu_kernels_equal_their_tensor_twins():
         torch.set_num_threads(threads)
 
 
+def test_motion_blur_kernel_equals_its_tensor_twin():
+    """Invariant: the CPU kernel of the motion blur (motion_blur and snow) equals the tensor code bit for bit, for
+    walks that stay inside the image and walks that leave it (8 px high images, radius 20), one thread or two."""
+    from imgclass.corruptions.base import motion_blur, motion_blur_tensor, motion_taps
+
+    g = torch.Generator().manual_seed(5)
+    threads = torch.get_num_threads()
+    try:
+        for shape, radius, sigma in [((3, 3, 61, 47), 15, 5.0), ((2, 1, 8, 90), 20, 15.0), ((1, 3, 224, 224), 10, 3.0)]:
+            x = torch.rand(shape, generator=g) * 255
+            angles = (torch.rand(shape[0], generator=g) * 90 - 45).tolist()
+            taps = [motion_taps(radius, sigma, a, *shape[-2:]) for a in angles]
+            for n_threads in (1, 2):
+                torch.set_num_threads(n_threads)
+                assert torch.equal(motion_blur(x, radius, sigma, angles), motion_blur_tensor(x, taps)), shape
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_seed_and_sample_id_change_the_random_draw_only():
     """Invariant: random corruptions change with the seed or the sample id, deterministic ones do not."""
     x = _images(2)

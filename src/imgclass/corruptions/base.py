@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 __all__ = ["Corruption", "REGISTRY", "register", "generators", "keys", "to_uint8", "to_uint8_255", "gaussian_kernel1d", "border_index",
-           "filter_matrix", "separable_filter", "motion_blur", "zoom_coords", "interp_matrix"]
+           "filter_matrix", "separable_filter", "motion_blur", "motion_blur_tensor", "zoom_coords", "interp_matrix"]
 
 
 @dataclass(frozen=True)
@@ -154,32 +154,42 @@ def gaussian_filter(x: torch.Tensor, sigma: float | tuple[float, float], *, mode
 
 
 def motion_taps(radius: int, sigma: float, angle: float, h: int, w: int) -> list[tuple[int, int, float]]:
-    """(dy, dx, weight) of each shifted copy, exactly as imagecorruptions' ``_motion_blur`` computes them."""
+    """(dy, dx, weight) of each shifted copy, exactly as imagecorruptions' ``_motion_blur`` computes them: the
+    same float64 operations, element by element (the angle's sine and cosine as scalars, the walk as arrays)."""
     width = radius * 2 + 1
     k = np.exp(-np.arange(width) ** 2 / (2 * sigma ** 2)) / (np.sqrt(2 * np.pi) * sigma)
     k = k / np.sum(k)
     point = (width * np.sin(np.deg2rad(angle)), width * np.cos(np.deg2rad(angle)))
     hyp = math.hypot(point[0], point[1])
-    taps = []
-    for i in range(width):
-        dy = -math.ceil(((i * point[0]) / hyp) - 0.5)
-        dx = -math.ceil(((i * point[1]) / hyp) - 0.5)
-        if abs(dy) >= h or abs(dx) >= w:  # the reference stops where the motion leaves the image
-            break
-        taps.append((dy, dx, float(k[i])))
-    return taps
+    i = np.arange(width, dtype=np.float64)
+    dy = -np.ceil(((i * point[0]) / hyp) - 0.5)
+    dx = -np.ceil(((i * point[1]) / hyp) - 0.5)
+    out = np.flatnonzero((np.abs(dy) >= h) | (np.abs(dx) >= w))  # the reference stops where the motion leaves
+    n = int(out[0]) if len(out) else width
+    return list(zip(dy[:n].astype(int).tolist(), dx[:n].astype(int).tolist(), k[:n].tolist()))
 
 
 def motion_blur(x: torch.Tensor, radius: int, sigma: float, angles: Sequence[float]) -> torch.Tensor:
-    """Per-image motion blur of (N, C, H, W): sum of edge-clamped shifted copies ``x[h - dy, w - dx]``."""
+    """Per-image motion blur of float32 (N, C, H, W): the sum of edge-clamped shifted copies
+    ``k * x[h - dy, w - dx]``, in tap order, float32. A numba kernel on the CPU, ``motion_blur_tensor`` elsewhere
+    (the same multiplications and additions in the same order: bit for bit the same)."""
     n, c, h, w = x.shape
     taps = [motion_taps(radius, sigma, float(a), h, w) for a in angles]
+    from . import kernels
+
+    if x.device.type == "cpu" and kernels.HAVE_NUMBA:
+        return kernels.motion_blur(x, taps)
+    return motion_blur_tensor(x, taps)
+
+
+def motion_blur_tensor(x: torch.Tensor, taps: list[list[tuple[int, int, float]]]) -> torch.Tensor:
+    n, c, h, w = x.shape
     pad = max((max(abs(dy), abs(dx)) for t in taps for dy, dx, _ in t), default=0)
     xp = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate") if pad else x
     out = torch.zeros_like(x)
-    for i, t in enumerate(taps):  # one fused multiply-add per tap and image, on views of the padded copy
+    for i, t in enumerate(taps):  # a product, then a sum, per tap and image, on views of the padded copy
         for dy, dx, k in t:
-            out[i].add_(xp[i, :, pad - dy:pad - dy + h, pad - dx:pad - dx + w], alpha=k)
+            out[i].add_(xp[i, :, pad - dy:pad - dy + h, pad - dx:pad - dx + w] * np.float32(k))
     return out
 
 

@@ -28,7 +28,7 @@ GAMMA = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
 
-__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse"]
+__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse", "motion_blur"]
 
 
 def _signed(c: int) -> int:
@@ -130,6 +130,55 @@ if HAVE_NUMBA:
                 flip = np.int64(w < t_flip)
                 out[base + i] = np.uint8(np.int64(x[base + i]) * (1 - flip) + 255 * np.int64(w < t_salt))
             img += 1
+
+
+if HAVE_NUMBA:
+    @njit(nogil=True, cache=True)
+    def _motion(lo, hi, x, out, dy, dx, k, nt):
+        """Rows lo..hi of the (N * C * H) rows: out[y, :] = sum over taps of k * x[clamp(y - dy), clamp(: - dx)]."""
+        n, c, h, w = x.shape
+        xf = x.reshape(-1)
+        of = out.reshape(-1)
+        for r in range(lo, hi):
+            img = r // (c * h)
+            y = r % h
+            plane = (r // h) * h * w  # (img, channel) plane offset
+            o0 = r * w
+            for j in range(w):
+                of[o0 + j] = 0
+            for t in range(nt[img]):
+                s0 = plane + min(max(y - dy[img, t], 0), h - 1) * w
+                kk = k[img, t]
+                d = dx[img, t]
+                a = min(max(d, 0), w)  # columns before a read column 0, from b on column w - 1
+                b = max(min(w + d, w), 0)
+                left = kk * np.float32(xf[s0])
+                right = kk * np.float32(xf[s0 + w - 1])
+                for j in range(a):
+                    of[o0 + j] += left
+                oa = np.uint64(o0 + a)  # unsigned indices: no negative-index test, the loop vectorizes
+                sa = np.uint64(s0 + a - d)
+                for j in range(np.uint64(b - a)):
+                    of[oa + j] += kk * np.float32(xf[sa + j])
+                for j in range(b, w):
+                    of[o0 + j] += right
+
+
+def motion_blur(x: torch.Tensor, taps: list[list[tuple[int, int, float]]]) -> torch.Tensor:
+    """CPU kernel of ``base.motion_blur_tensor`` (float32 products and sums in tap order: the same bits)."""
+    n, c, h, w = x.shape
+    t = max((len(tp) for tp in taps), default=0)
+    dy = np.zeros((n, max(t, 1)), dtype=np.int64)
+    dx = np.zeros_like(dy)
+    k = np.zeros(dy.shape, dtype=np.float32)
+    for i, tp in enumerate(taps):
+        if tp:
+            dy[i, :len(tp)], dx[i, :len(tp)], k[i, :len(tp)] = zip(*tp)
+    nt = np.array([len(tp) for tp in taps], dtype=np.int64)
+    out = torch.empty(x.shape, dtype=torch.float32)
+    run_split(_motion, n * c * h, x.contiguous().numpy(), out.numpy(), dy, dx, k, nt, align=1,
+              min_part=max(1, (1 << 15) // max(1, w * t)))
+    return out
 
 
 def _flat(x: torch.Tensor) -> np.ndarray:
