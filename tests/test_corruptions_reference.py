@@ -663,9 +663,9 @@ def test_noise_level_tables_equal_the_reference_arithmetic(name):
                 assert worst <= 2 / k + 1e-7, f"{name} {params} severity {s} level {v}: off by {worst:.2e}"
 
 
-def test_noise_words_are_splitmix64():
-    """The counter-based words against SplitMix64 written from its published C code (Steele, Lea & Flood 2014;
-    Vigna's splitmix64.c), the numba kernels' words against the tensor ones, and a uniformity check."""
+def test_counter_words_and_uniforms_are_splitmix64():
+    """The counter-based words and float64 uniforms against SplitMix64 written from its published C code (Steele,
+    Lea & Flood 2014; Vigna's splitmix64.c), the numba kernels' against the tensor ones, and a uniformity check."""
     from imgclass.corruptions import kernels
 
     def splitmix64(state: int, n: int) -> list[int]:
@@ -683,8 +683,12 @@ def test_noise_words_are_splitmix64():
     for key, row in zip(keys.tolist(), w.tolist()):
         expect = [h >> (32 * half) & 0xFFFFFFFF for h in splitmix64(key, 6) for half in (0, 1)]
         assert row == expect[:11]
+        u = kernels.uniforms(torch.tensor([key]), 6)[0].tolist()
+        assert u == [(h >> 11) * 2.0 ** -53 for h in splitmix64(key, 6)]
     if kernels.HAVE_NUMBA:
         assert [int(kernels._word(np.uint64(1234567), i)) for i in range(11)] == w[2].tolist()
+        assert [kernels._uniform(np.uint64(1234567), i) for i in range(6)] == \
+            kernels.uniforms(torch.tensor([1234567]), 6)[0].tolist()
     big = kernels.words(torch.tensor([42]), 1 << 20)[0].double() / 2 ** 32
     assert abs(big.mean().item() - 0.5) < 5 * (1 / 12 / 2 ** 20) ** 0.5
     assert abs(np.histogram(big.numpy(), 16, (0, 1))[0] / 2 ** 16 - 1).max() < 0.02

@@ -28,7 +28,7 @@ GAMMA = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
 
-__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse", "motion_blur"]
+__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse", "motion_blur", "uniforms", "fog"]
 
 
 def _signed(c: int) -> int:
@@ -52,6 +52,17 @@ def words(keys: torch.Tensor, n: int, device=None) -> torch.Tensor:
     z = z ^ _lshr(z, 31)
     out = torch.stack([z & 0xFFFFFFFF, _lshr(z, 32)], -1).reshape(len(keys), 2 * half)
     return out[:, :n]
+
+
+def uniforms(keys: torch.Tensor, n: int, device=None) -> torch.Tensor:
+    """The first ``n`` float64 uniforms in [0, 1) of each key: the top 53 bits of ``mix64(key + (i + 1) * GAMMA)``
+    times 2**-53 (the stream the words halve; a corruption uses one or the other)."""
+    keys = keys.to(device=device, dtype=torch.int64)
+    z = keys[:, None] + torch.arange(1, n + 1, device=keys.device, dtype=torch.int64)[None, :] * _signed(GAMMA)
+    z = (z ^ _lshr(z, 30)) * _signed(_M1)
+    z = (z ^ _lshr(z, 27)) * _signed(_M2)
+    z = z ^ _lshr(z, 31)
+    return _lshr(z, 11).to(torch.float64) * 2.0 ** -53
 
 
 def run_split(fn, total: int, *args, align: int = 2, min_part: int = 1 << 15) -> None:
@@ -162,6 +173,83 @@ if HAVE_NUMBA:
                     of[oa + j] += kk * np.float32(xf[sa + j])
                 for j in range(b, w):
                     of[o0 + j] += right
+
+
+if HAVE_NUMBA:
+    @njit(nogil=True, cache=True, inline="always")
+    def _uniform(key, i):
+        return np.float64(_mix(key + (np.uint64(i) + _ONE) * _G) >> np.uint64(11)) * 2.0 ** -53
+
+    @njit(nogil=True, cache=True)
+    def _plasma(key, mapsize, decay):
+        """weather.plasma_fractal of one image, its uniforms drawn here: the same operations in the same order."""
+        ul = np.zeros((1, 1))
+        a, step, wibble, k = 1, mapsize, 100.0, 0
+        while step >= 2:
+            dr = np.empty((a, a))
+            lt = np.empty((a, a))
+            tt = np.empty((a, a))
+            for i in range(a):  # neighbours wrap around (the reference's np.roll); no modulo per element
+                i1 = i + 1 if i + 1 < a else 0
+                for j in range(a):
+                    j1 = j + 1 if j + 1 < a else 0
+                    sq = (ul[i, j] + ul[i1, j]) + (ul[i, j1] + ul[i1, j1])
+                    dr[i, j] = sq / 4 + wibble * (-wibble + 2 * wibble * _uniform(key, k + i * a + j))
+            k += a * a
+            for i in range(a):
+                i0 = i - 1 if i > 0 else a - 1
+                for j in range(a):
+                    j1 = j + 1 if j + 1 < a else 0
+                    s_ = (dr[i, j] + dr[i0, j]) + (ul[i, j] + ul[i, j1])
+                    lt[i, j] = s_ / 4 + wibble * (-wibble + 2 * wibble * _uniform(key, k + i * a + j))
+            k += a * a
+            for i in range(a):
+                i1 = i + 1 if i + 1 < a else 0
+                for j in range(a):
+                    j0 = j - 1 if j > 0 else a - 1
+                    s_ = (dr[i, j] + dr[i, j0]) + (ul[i, j] + ul[i1, j])
+                    tt[i, j] = s_ / 4 + wibble * (-wibble + 2 * wibble * _uniform(key, k + i * a + j))
+            k += a * a
+            new = np.empty((2 * a, 2 * a))
+            for i in range(a):
+                for j in range(a):
+                    new[2 * i, 2 * j] = ul[i, j]
+                    new[2 * i, 2 * j + 1] = lt[i, j]
+                    new[2 * i + 1, 2 * j] = tt[i, j]
+                    new[2 * i + 1, 2 * j + 1] = dr[i, j]
+            ul = new
+            a *= 2
+            step //= 2
+            wibble /= decay
+        ul = ul - ul.min()
+        return ul / ul.max()
+
+    @njit(nogil=True, cache=True)
+    def _fog(lo, hi, x, out, keys, mapsize, strength, decay):
+        n, c, h, w = x.shape
+        s32 = np.float32(strength)
+        for img in range(lo, hi):
+            plasma = _plasma(keys[img], mapsize, decay)
+            mx = np.float32(0)
+            for ch in range(c):
+                for y in range(h):
+                    for j in range(w):
+                        mx = max(mx, np.float32(x[img, ch, y, j]) / np.float32(255))
+            den = mx + s32
+            for ch in range(c):
+                for y in range(h):
+                    for j in range(w):
+                        v = np.float32(x[img, ch, y, j]) / np.float32(255) + s32 * np.float32(plasma[y, j])
+                        v = min(max((v * mx) / den, np.float32(0)), np.float32(1)) * np.float32(255)
+                        out[img, ch, y, j] = np.uint8(v)
+
+
+def fog(x: torch.Tensor, keys: torch.Tensor, mapsize: int, strength: float, decay: float) -> torch.Tensor:
+    """CPU kernel of weather.fog with its uniforms from ``uniforms``."""
+    out = torch.empty_like(x)
+    run_split(_fog, len(x), x.contiguous().numpy(), out.numpy(), keys.numpy().view(np.uint64), mapsize,
+              float(strength), float(decay), align=1, min_part=1)
+    return out
 
 
 def motion_blur(x: torch.Tensor, taps: list[list[tuple[int, int, float]]]) -> torch.Tensor:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from . import cvops
+from . import kernels
 from .base import (gaussian_filter, interp_matrix, motion_blur, register, stack_draws, to_uint8, to_uint8_255,
                    zoom_coords)
 
@@ -216,15 +217,18 @@ def plasma_fractal(u: list[torch.Tensor], mapsize: int, decay: float) -> torch.T
     return m / m.amax((1, 2), keepdim=True)
 
 
-def _fog_draw(gens, x, p, pset):
+def _fog_draw(keys, x, p, pset):
     size = _next_pow2(max(*x.shape[-2:], 3))
     shapes = plasma_draw_shapes(size)
-    flat = stack_draws(gens, lambda g: torch.rand(sum(s * s for s in shapes), generator=g, device=x.device,
-                                                  dtype=torch.float64))
+    flat = kernels.uniforms(keys, sum(s * s for s in shapes))
     return {"u": [part.view(-1, s, s) for part, s in zip(flat.split([s * s for s in shapes], 1), shapes)]}
 
 
-@register("fog", draw=_fog_draw)
+def _fog_fused(x, keys, p, pset):
+    return kernels.fog(x, keys, _next_pow2(max(*x.shape[-2:], 3)), p[0], p[1])
+
+
+@register("fog", draw=_fog_draw, keyed=True, fused=_fog_fused)
 def fog(x: torch.Tensor, p: tuple, pset: str, *, u: list[torch.Tensor]) -> torch.Tensor:
     n, c, h, w = x.shape
     size = _next_pow2(max(h, w, 3))
