@@ -87,7 +87,9 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int, sample
     c = REGISTRY[name]
     if c.fused is not None and HAVE_NUMBA and images.device.type == "cpu":
         p = get_params(name, severity, params)
-        return c.fused(images.contiguous(), keys(seed, name, severity, sample_ids), p, params)
+        out = c.fused(images.contiguous(), keys(seed, name, severity, sample_ids), p, params)
+        if out is not None:  # None: no kernel for this parameter set
+            return out
     step = len(images)
     if images.device.type == "cpu":
         step = max(1, REGISTRY[name].chunk // max(1, images[0].numel()))

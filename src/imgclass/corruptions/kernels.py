@@ -28,7 +28,7 @@ GAMMA = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
 
-__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse", "motion_blur", "uniforms", "fog"]
+__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse", "motion_blur", "uniforms", "fog", "elastic"]
 
 
 def _signed(c: int) -> int:
@@ -249,6 +249,85 @@ def fog(x: torch.Tensor, keys: torch.Tensor, mapsize: int, strength: float, deca
     out = torch.empty_like(x)
     run_split(_fog, len(x), x.contiguous().numpy(), out.numpy(), keys.numpy().view(np.uint64), mapsize,
               float(strength), float(decay), align=1, min_part=1)
+    return out
+
+
+if HAVE_NUMBA:
+    @njit(nogil=True, cache=True)
+    def _elastic(lo, hi, x, out, keys, alpha, low, high, ky, iy, kx, ix):
+        """digital.elastic_transform (imagecorruptions' parameters) of images lo..hi: uniform displacement
+        fields, Gaussian-smoothed along H then W (reflect borders through the index maps iy, ix), scaled by
+        alpha, then bilinear sampling with reflected taps. Sums in the tensor path's order (bit for bit)."""
+        n, c, h, w = x.shape
+        ty, tx = len(ky), len(kx)
+        f = np.empty(2 * h * w)
+        g = np.empty(2 * h * w)
+        row = np.empty(w + tx)
+        lut = np.empty(256, dtype=np.float32)
+        for v in range(256):
+            lut[v] = np.float32(v) / np.float32(255)
+        xf = x.reshape(-1)
+        plane = h * w
+        for img in range(lo, hi):
+            key = keys[img]
+            for e in range(2 * plane):
+                f[e] = low + (high - low) * _uniform(key, e)
+            for q in range(2):  # along H: g[y] = sum_t ky[t] f[iy[y + t]], rows at a time
+                for y in range(h):
+                    o = np.uint64(q * plane + y * w)
+                    for j in range(np.uint64(w)):
+                        g[o + j] = 0.0
+                    for t in range(ty):
+                        sr = np.uint64(q * plane + iy[y + t] * w)
+                        kk = ky[t]
+                        for j in range(np.uint64(w)):
+                            g[o + j] += kk * f[sr + j]
+            for q in range(2):  # along W, through a reflected copy of the row
+                for y in range(h):
+                    o = np.uint64(q * plane + y * w)
+                    for j in range(w + tx - 1):
+                        row[j] = g[o + np.uint64(ix[j])]
+                    for j in range(np.uint64(w)):
+                        f[o + j] = 0.0
+                    for t in range(tx):
+                        kk = kx[t]
+                        for j in range(np.uint64(w)):
+                            f[o + j] += kk * row[np.uint64(t) + j]
+            for y in range(h):
+                for j in range(w):
+                    e = y * w + j
+                    yy = y + np.float64(np.float32(f[plane + e] * alpha))
+                    xx = j + np.float64(np.float32(f[e] * alpha))
+                    y0 = np.floor(yy)
+                    x0 = np.floor(xx)
+                    fy = np.float32(yy - y0)
+                    fx = np.float32(xx - x0)
+                    ya, yb = _reflect(np.int64(y0), h), _reflect(np.int64(y0) + 1, h)
+                    xa, xb = _reflect(np.int64(x0), w), _reflect(np.int64(x0) + 1, w)
+                    gx = np.float32(1) - fx
+                    gy = np.float32(1) - fy
+                    for ch in range(c):
+                        base = (img * c + ch) * plane
+                        top = lut[xf[base + ya * w + xa]] * gx + lut[xf[base + ya * w + xb]] * fx
+                        bottom = lut[xf[base + yb * w + xa]] * gx + lut[xf[base + yb * w + xb]] * fx
+                        r = top * gy + bottom * fy
+                        out[img, ch, y, j] = np.uint8(min(max(r, np.float32(0)), np.float32(1)) * np.float32(255))
+
+    @njit(nogil=True, cache=True, inline="always")
+    def _reflect(i, size):  # half-sample symmetric: -1 -> 0, size -> size - 1
+        if 0 <= i < size:
+            return i
+        period = 2 * size
+        j = i % period
+        return j if j < size else period - 1 - j
+
+
+def elastic(x: torch.Tensor, keys: torch.Tensor, alpha: float, low: float, high: float, ky: np.ndarray,
+            iy: np.ndarray, kx: np.ndarray, ix: np.ndarray) -> torch.Tensor:
+    """CPU kernel of the elastic transform with imagecorruptions' parameters; its uniforms from ``uniforms``."""
+    out = torch.empty_like(x)
+    run_split(_elastic, len(x), x.contiguous().numpy(), out.numpy(), keys.numpy().view(np.uint64), float(alpha),
+              float(low), float(high), ky, iy, kx, ix, align=1, min_part=1)
     return out
 
 
