@@ -151,7 +151,8 @@ def equalize_hist(x: torch.Tensor) -> torch.Tensor:
     first = (hist > 0).to(torch.int64).argmax(1)  # first occupied level
     h_first = hist.gather(1, first[:, None]).squeeze(1)
     denom = (total - h_first).clamp_min(1).to(torch.float32)
-    scale = np.float32(255.0) / denom
+    scale = torch.full_like(denom, 255.0) / denom  # a true float32 division (a scalar over a tensor goes through
+    # the reciprocal, 1 ulp off: a level can then round the other way, e.g. 189 * 255 / 918 = 52.5)
     levels = torch.arange(256, device=x.device)[None, :]
     after = levels > first[:, None]
     cum = torch.cumsum(torch.where(after, hist, torch.zeros_like(hist)), 1)

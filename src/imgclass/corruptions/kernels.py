@@ -28,7 +28,7 @@ GAMMA = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
 
-__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse", "motion_blur", "uniforms", "fog", "elastic"]
+__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse", "motion_blur", "uniforms", "normals", "fog", "elastic"]
 
 
 def _signed(c: int) -> int:
@@ -63,6 +63,16 @@ def uniforms(keys: torch.Tensor, n: int, device=None) -> torch.Tensor:
     z = (z ^ _lshr(z, 27)) * _signed(_M2)
     z = z ^ _lshr(z, 31)
     return _lshr(z, 11).to(torch.float64) * 2.0 ** -53
+
+
+def normals(keys: torch.Tensor, n: int, device=None) -> torch.Tensor:
+    """The first ``n`` float64 standard normals of each key, by Box and Muller from pairs of ``uniforms``:
+    ``sqrt(-2 log(1 - u0)) * (cos, sin)(2 pi u1)``, the cosine for even positions, the sine for odd."""
+    half = (n + 1) // 2
+    u = uniforms(keys, 2 * half, device).view(len(keys), half, 2)
+    r = torch.sqrt(-2.0 * torch.log1p(-u[..., 0]))
+    t = (2.0 * torch.pi) * u[..., 1]
+    return torch.stack([r * torch.cos(t), r * torch.sin(t)], -1).reshape(len(keys), 2 * half)[:, :n]
 
 
 def run_split(fn, total: int, *args, align: int = 2, min_part: int = 1 << 15) -> None:

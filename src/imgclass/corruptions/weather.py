@@ -11,7 +11,7 @@ import torch
 
 from . import cvops
 from . import kernels
-from .base import (gaussian_filter, interp_matrix, motion_blur, register, stack_draws, to_uint8, to_uint8_255,
+from .base import (gaussian_filter, interp_matrix, motion_blur, register, to_uint8, to_uint8_255,
                    zoom_coords)
 
 
@@ -28,10 +28,10 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 # snow
 
 
-def _snow_draw(gens, x, p, pset):
-    h, w = x.shape[-2:]
-    return {"z": stack_draws(gens, lambda g: torch.randn((h, w), generator=g, device=x.device, dtype=torch.float64)),
-            "u": stack_draws(gens, lambda g: torch.rand((), generator=g, device=x.device, dtype=torch.float64))}
+def _snow_draw(keys, x, p, pset):
+    n, _, h, w = x.shape
+    used = 2 * ((h * w + 1) // 2)  # uniforms behind the layer's normals; the next one gives the angle
+    return {"z": kernels.normals(keys, h * w).reshape(n, h, w), "u": kernels.uniforms(keys, used + 1)[:, used]}
 
 
 def _clipped_zoom_2d(layer: torch.Tensor, z: float, trim: bool) -> torch.Tensor:
@@ -41,7 +41,7 @@ def _clipped_zoom_2d(layer: torch.Tensor, z: float, trim: bool) -> torch.Tensor:
     return a @ layer @ b.T
 
 
-@register("snow", draw=_snow_draw)
+@register("snow", draw=_snow_draw, keyed=True)
 def snow(x: torch.Tensor, p: tuple, pset: str, *, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     loc, scale, zoom, thresh, radius, sigma, blend = p
     n, c, h, w = x.shape
@@ -243,9 +243,9 @@ def fog(x: torch.Tensor, p: tuple, pset: str, *, u: list[torch.Tensor]) -> torch
 # spatter: water drops (OpenCV edge and distance maps) or mud
 
 
-def _spatter_draw(gens, x, p, pset):
-    h, w = x.shape[-2:]
-    return {"z": stack_draws(gens, lambda g: torch.randn((h, w), generator=g, device=x.device, dtype=torch.float64))}
+def _spatter_draw(keys, x, p, pset):
+    n, _, h, w = x.shape
+    return {"z": kernels.normals(keys, h * w).reshape(n, h, w)}
 
 
 _DROP_KERNEL = [[-2, -1, 0], [-1, 1, 1], [0, 1, 2]]
@@ -279,7 +279,7 @@ def water_distance(lq8: torch.Tensor, *, opencv: bool | None = None) -> torch.Te
     return cvops.blur3x3_uint8(dist).to(torch.float32)
 
 
-@register("spatter", draw=_spatter_draw)
+@register("spatter", draw=_spatter_draw, keyed=True)
 def spatter(x: torch.Tensor, p: tuple, pset: str, *, z: torch.Tensor) -> torch.Tensor:
     loc, scale, sigma, thresh, intensity, mud = p
     xf = _float(x)
