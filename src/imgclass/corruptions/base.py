@@ -131,8 +131,17 @@ def filter_matrix(n: int, kernel: np.ndarray, mode: str, *, dtype=torch.float32,
 
 
 def separable_filter(x: torch.Tensor, k_rows: np.ndarray | None, k_cols: np.ndarray | None, mode: str) -> torch.Tensor:
-    """Correlate the last two axes of ``x`` with 1-D kernels (None: leave that axis), scipy border ``mode``."""
+    """Correlate the last two axes of ``x`` with 1-D kernels (None: leave that axis), scipy border ``mode``.
+
+    Dense (n x n) filter matrices and matmuls (any device), or on the CPU the direct correlation of ``kernels``
+    (the same sums, but for duplicate border taps, which the matrix adds first: equal to rounding)."""
     h, w = x.shape[-2:]
+    from . import kernels
+
+    if x.device.type == "cpu" and kernels.HAVE_NUMBA and x.dtype in (torch.float32, torch.float64):
+        iy = border_index(h, (len(k_rows) - 1) // 2, len(k_rows) // 2, mode) if k_rows is not None else None
+        ix = border_index(w, (len(k_cols) - 1) // 2, len(k_cols) // 2, mode) if k_cols is not None else None
+        return kernels.separable(x, k_rows, iy, k_cols, ix)
     if k_rows is not None:
         x = torch.matmul(filter_matrix(h, k_rows, mode, dtype=x.dtype, device=x.device), x)
     if k_cols is not None:

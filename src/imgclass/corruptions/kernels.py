@@ -28,7 +28,7 @@ GAMMA = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
 
-__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse", "motion_blur", "uniforms", "normals", "fog", "elastic"]
+__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse", "motion_blur", "uniforms", "normals", "fog", "elastic", "separable"]
 
 
 def _signed(c: int) -> int:
@@ -339,6 +339,62 @@ def elastic(x: torch.Tensor, keys: torch.Tensor, alpha: float, low: float, high:
     run_split(_elastic, len(x), x.contiguous().numpy(), out.numpy(), keys.numpy().view(np.uint64), float(alpha),
               float(low), float(high), ky, iy, kx, ix, align=1, min_part=1)
     return out
+
+
+if HAVE_NUMBA:
+    @njit(nogil=True, cache=True)
+    def _separable(lo, hi, x, out, ky, iy, kx, ix):
+        """Planes lo..hi of (P, H, W): correlate along H with ky, then along W with kx (empty: skip the axis),
+        borders through the index maps iy, ix (``base.border_index``); accumulation in x's dtype, tap order."""
+        p_, h, w = x.shape
+        ty, tx = len(ky), len(kx)
+        tmp = np.empty((h, w), dtype=x.dtype)
+        row = np.empty(w + max(tx, 1), dtype=x.dtype)
+        zero = x.dtype.type(0)
+        for p in range(lo, hi):
+            src = x[p]
+            dst = out[p]
+            if ty:
+                for y in range(h):
+                    t_row = tmp[y]
+                    for j in range(w):
+                        t_row[j] = zero
+                    for t in range(ty):
+                        s_row = src[iy[y + t]]
+                        kk = ky[t]
+                        for j in range(w):
+                            t_row[j] += kk * s_row[j]
+            else:
+                tmp[:, :] = src
+            for y in range(h):
+                d_row = dst[y]
+                if not tx:
+                    d_row[:] = tmp[y]
+                    continue
+                t_row = tmp[y]
+                for j in range(w + tx - 1):
+                    row[j] = t_row[ix[j]]
+                for j in range(w):
+                    d_row[j] = zero
+                for t in range(tx):
+                    kk = kx[t]
+                    for j in range(w):
+                        d_row[j] += kk * row[t + j]
+
+
+def separable(x: torch.Tensor, ky: np.ndarray | None, iy: np.ndarray | None, kx: np.ndarray | None,
+              ix: np.ndarray | None) -> torch.Tensor:
+    """CPU kernel of ``base.separable_filter`` (float32 or float64, any leading shape): a direct correlation,
+    the taps of each output in order (the matrix product sums duplicate border taps first: equal to rounding)."""
+    shape = x.shape
+    planes = x.contiguous().reshape(-1, *shape[-2:])
+    out = torch.empty_like(planes)
+    dt = planes.numpy().dtype
+    none = np.zeros(0, dtype=dt), np.zeros(1, dtype=np.int64)
+    ky_, iy_ = (np.asarray(ky, dtype=dt), iy) if ky is not None else none
+    kx_, ix_ = (np.asarray(kx, dtype=dt), ix) if kx is not None else none
+    run_split(_separable, len(planes), planes.numpy(), out.numpy(), ky_, iy_, kx_, ix_, align=1, min_part=1)
+    return out.reshape(shape)
 
 
 def motion_blur(x: torch.Tensor, taps: list[list[tuple[int, int, float]]]) -> torch.Tensor:
