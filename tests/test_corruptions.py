@@ -62,15 +62,15 @@ def test_cpu_pieces_change_nothing(monkeypatch):
         assert torch.equal(corrupt(x, name, 4, seed=2, sample_ids=ids), whole), name
 
 
-def test_cpu_kernels_equal_their_tensor_twins():
-    """Invariant: the numba kernels (corrupt() on the CPU) equal the tensor code (the path on every other device)
-    bit for bit, with one thread or two, however the work splits: a 224 px image cut in two, two 99x101 images cut
-    inside the second at an odd position, a small batch left whole."""
-    from imgclass.corruptions.base import REGISTRY
-    from imgclass.corruptions.kernels import HAVE_NUMBA
+def test_cpu_kernels_equal_the_tensor_path(monkeypatch):
+    """Invariant: with the numba kernels (the CPU default) every corruption gives what the tensor code (the path
+    on every other device) gives, with one thread or two, however the work splits (a 224 px image cut in two, two
+    99x101 images cut inside the second at an odd position, a small batch left whole): bit for bit, but for the
+    Gaussian filters' users, whose direct correlation and filter matrices agree to rounding (within 1 level, and
+    on all but a few values in 10,000)."""
+    from imgclass.corruptions import kernels
 
-    names = [n for n in CORRUPTIONS if REGISTRY[n].fused is not None]
-    assert HAVE_NUMBA and {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"} <= set(names)
+    filtered = {"gaussian_blur", "glass_blur", "spatter", "elastic_transform"}
     g = torch.Generator().manual_seed(3)
     threads = torch.get_num_threads()
     try:
@@ -79,30 +79,46 @@ def test_cpu_kernels_equal_their_tensor_twins():
             ids = [f"t{i}" for i in range(len(x))]
             for n_threads in (1, 2):
                 torch.set_num_threads(n_threads)
-                for name in names:
+                for name in CORRUPTIONS:
                     for params, s in (("imagenet", 2), ("cifar10", 5)):
-                        twin = apply(x, name, s, draw(x, name, s, seed=4, sample_ids=ids, params=params), params=params)
-                        assert torch.equal(corrupt(x, name, s, seed=4, sample_ids=ids, params=params), twin), \
-                            (name, shape, n_threads, params)
+                        assert kernels.HAVE_NUMBA
+                        fast = corrupt(x, name, s, seed=4, sample_ids=ids, params=params)
+                        with monkeypatch.context() as m:
+                            m.setattr(kernels, "HAVE_NUMBA", False)
+                            twin = corrupt(x, name, s, seed=4, sample_ids=ids, params=params)
+                        what = (name, shape, n_threads, params)
+                        if name not in filtered:
+                            assert torch.equal(fast, twin), what
+                        else:
+                            d = (fast.int() - twin.int()).abs()
+                            assert d.max() <= 1 and (d > 0).float().mean() < 3e-4, what
     finally:
         torch.set_num_threads(threads)
 
 
 def test_motion_blur_kernel_equals_its_tensor_twin():
     """Invariant: the CPU kernel of the motion blur (motion_blur and snow) equals the tensor code bit for bit, for
-    walks that stay inside the image and walks that leave it (8 px high images, radius 20), one thread or two."""
+    walks that stay inside the image and walks that leave it (8 px high images, radius 20), one thread or two; the
+    snow's top-left crop equals that corner of the whole result."""
     from imgclass.corruptions.base import motion_blur, motion_blur_tensor, motion_taps
 
     g = torch.Generator().manual_seed(5)
     threads = torch.get_num_threads()
     try:
-        for shape, radius, sigma in [((3, 3, 61, 47), 15, 5.0), ((2, 1, 8, 90), 20, 15.0), ((1, 3, 224, 224), 10, 3.0)]:
-            x = torch.rand(shape, generator=g) * 255
+        for shape, radius, sigma, dtype in [((3, 3, 61, 47), 15, 5.0, torch.float32),
+                                            ((2, 1, 8, 90), 20, 15.0, torch.float64),
+                                            ((1, 3, 224, 224), 10, 3.0, torch.float32)]:
+            x = torch.rand(shape, generator=g, dtype=dtype) * 255
             angles = (torch.rand(shape[0], generator=g) * 90 - 45).tolist()
             taps = [motion_taps(radius, sigma, a, *shape[-2:]) for a in angles]
             for n_threads in (1, 2):
                 torch.set_num_threads(n_threads)
-                assert torch.equal(motion_blur(x, radius, sigma, angles), motion_blur_tensor(x, taps)), shape
+                full = motion_blur(x, radius, sigma, angles)
+                assert torch.equal(full, motion_blur_tensor(x, taps)), shape
+                corner = (shape[2] // 3, shape[3] // 2)
+                assert torch.equal(motion_blur(x, radius, sigma, angles, crop=corner),
+                                   full[..., :corner[0], :corner[1]]), shape
+                assert torch.equal(motion_blur_tensor(x, taps, corner), full[..., :corner[0], :corner[1]]), shape
     finally:
         torch.set_num_threads(threads)
 

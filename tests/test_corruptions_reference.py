@@ -663,7 +663,7 @@ def test_noise_level_tables_equal_the_reference_arithmetic(name):
                 assert worst <= 2 / k + 1e-7, f"{name} {params} severity {s} level {v}: off by {worst:.2e}"
 
 
-def test_counter_words_and_uniforms_are_splitmix64():
+def test_counter_words_and_uniforms_are_splitmix64(monkeypatch):
     """The counter-based words and float64 uniforms against SplitMix64 written from its published C code (Steele,
     Lea & Flood 2014; Vigna's splitmix64.c), the numba kernels' against the tensor ones, and a uniformity check."""
     from imgclass.corruptions import kernels
@@ -689,6 +689,9 @@ def test_counter_words_and_uniforms_are_splitmix64():
         assert [int(kernels._word(np.uint64(1234567), i)) for i in range(11)] == w[2].tolist()
         assert [kernels._uniform(np.uint64(1234567), i) for i in range(6)] == \
             kernels.uniforms(torch.tensor([1234567]), 6)[0].tolist()
+    fast = kernels.uniforms(keys, 1001)  # the numba kernel on the CPU
+    monkeypatch.setattr(kernels, "HAVE_NUMBA", False)
+    assert torch.equal(fast, kernels.uniforms(keys, 1001))
     big = kernels.words(torch.tensor([42]), 1 << 20)[0].double() / 2 ** 32
     assert abs(big.mean().item() - 0.5) < 5 * (1 / 12 / 2 ** 20) ** 0.5
     assert abs(np.histogram(big.numpy(), 16, (0, 1))[0] / 2 ** 16 - 1).max() < 0.02

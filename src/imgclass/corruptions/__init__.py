@@ -20,7 +20,7 @@ import torch
 
 from . import blur, digital, noise, weather  # noqa: F401  (they fill the registry)
 from .base import REGISTRY, generators, keys
-from .kernels import HAVE_NUMBA
+from . import kernels
 from .params import PARAM_SETS, TABLES, get_params
 
 CORRUPTIONS: tuple[str, ...] = (
@@ -85,7 +85,7 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int, sample
     if len(sample_ids) != len(images):
         raise ValueError(f"{len(sample_ids)} sample ids for {len(images)} images")
     c = REGISTRY[name]
-    if c.fused is not None and HAVE_NUMBA and images.device.type == "cpu":
+    if c.fused is not None and kernels.HAVE_NUMBA and images.device.type == "cpu":
         p = get_params(name, severity, params)
         out = c.fused(images.contiguous(), keys(seed, name, severity, sample_ids), p, params)
         if out is not None:  # None: no kernel for this parameter set

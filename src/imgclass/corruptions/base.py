@@ -178,27 +178,33 @@ def motion_taps(radius: int, sigma: float, angle: float, h: int, w: int) -> list
     return list(zip(dy[:n].astype(int).tolist(), dx[:n].astype(int).tolist(), k[:n].tolist()))
 
 
-def motion_blur(x: torch.Tensor, radius: int, sigma: float, angles: Sequence[float]) -> torch.Tensor:
-    """Per-image motion blur of float32 (N, C, H, W): the sum of edge-clamped shifted copies
-    ``k * x[h - dy, w - dx]``, in tap order, float32. A numba kernel on the CPU, ``motion_blur_tensor`` elsewhere
-    (the same multiplications and additions in the same order: bit for bit the same)."""
+def motion_blur(x: torch.Tensor, radius: int, sigma: float, angles: Sequence[float],
+                crop: tuple[int, int] | None = None, extent: tuple[int, int] | None = None) -> torch.Tensor:
+    """Per-image motion blur of float (N, C, H, W): the sum of edge-clamped shifted copies
+    ``k * x[h - dy, w - dx]``, in tap order, in x's float type; ``crop``: only the top left (OH, OW) of it (the snow blurs
+    a zoomed layer, then keeps the image's size); ``extent``: the size of the image ``x`` is the top left of, for
+    the reference's stop rule (the snow passes only the part of its layer the crop reads). A numba kernel on the
+    CPU, ``motion_blur_tensor`` elsewhere (the same products and sums in the same order: bit for bit the same)."""
     n, c, h, w = x.shape
-    taps = [motion_taps(radius, sigma, float(a), h, w) for a in angles]
+    taps = [motion_taps(radius, sigma, float(a), *(extent or (h, w))) for a in angles]
+    crop = (min(crop[0], h), min(crop[1], w)) if crop else None
     from . import kernels
 
     if x.device.type == "cpu" and kernels.HAVE_NUMBA:
-        return kernels.motion_blur(x, taps)
-    return motion_blur_tensor(x, taps)
+        return kernels.motion_blur(x, taps, crop)
+    return motion_blur_tensor(x, taps, crop)
 
 
-def motion_blur_tensor(x: torch.Tensor, taps: list[list[tuple[int, int, float]]]) -> torch.Tensor:
+def motion_blur_tensor(x: torch.Tensor, taps: list[list[tuple[int, int, float]]],
+                       crop: tuple[int, int] | None = None) -> torch.Tensor:
     n, c, h, w = x.shape
+    oh, ow = crop or (h, w)
     pad = max((max(abs(dy), abs(dx)) for t in taps for dy, dx, _ in t), default=0)
     xp = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate") if pad else x
-    out = torch.zeros_like(x)
+    out = x.new_zeros((n, c, oh, ow))
     for i, t in enumerate(taps):  # a product, then a sum, per tap and image, on views of the padded copy
         for dy, dx, k in t:
-            out[i].add_(xp[i, :, pad - dy:pad - dy + h, pad - dx:pad - dx + w] * np.float32(k))
+            out[i].add_(xp[i, :, pad - dy:pad - dy + oh, pad - dx:pad - dx + ow] * torch.tensor(k, dtype=x.dtype))
     return out
 
 

@@ -28,7 +28,7 @@ GAMMA = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
 
-__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse", "motion_blur", "uniforms", "normals", "fog", "elastic", "separable"]
+__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse", "motion_blur", "uniforms", "normals", "box_muller", "fog", "elastic", "separable", "snow_compose"]
 
 
 def _signed(c: int) -> int:
@@ -56,8 +56,13 @@ def words(keys: torch.Tensor, n: int, device=None) -> torch.Tensor:
 
 def uniforms(keys: torch.Tensor, n: int, device=None) -> torch.Tensor:
     """The first ``n`` float64 uniforms in [0, 1) of each key: the top 53 bits of ``mix64(key + (i + 1) * GAMMA)``
-    times 2**-53 (the stream the words halve; a corruption uses one or the other)."""
+    times 2**-53 (the stream the words halve; a corruption uses one or the other). A numba kernel fills them on
+    the CPU."""
     keys = keys.to(device=device, dtype=torch.int64)
+    if keys.device.type == "cpu" and HAVE_NUMBA:
+        out = torch.empty((len(keys), n), dtype=torch.float64)
+        run_split(_uniforms, len(keys) * n, out.numpy().reshape(-1), keys.numpy().view(np.uint64), n, align=1)
+        return out
     z = keys[:, None] + torch.arange(1, n + 1, device=keys.device, dtype=torch.int64)[None, :] * _signed(GAMMA)
     z = (z ^ _lshr(z, 30)) * _signed(_M1)
     z = (z ^ _lshr(z, 27)) * _signed(_M2)
@@ -68,11 +73,15 @@ def uniforms(keys: torch.Tensor, n: int, device=None) -> torch.Tensor:
 def normals(keys: torch.Tensor, n: int, device=None) -> torch.Tensor:
     """The first ``n`` float64 standard normals of each key, by Box and Muller from pairs of ``uniforms``:
     ``sqrt(-2 log(1 - u0)) * (cos, sin)(2 pi u1)``, the cosine for even positions, the sine for odd."""
-    half = (n + 1) // 2
-    u = uniforms(keys, 2 * half, device).view(len(keys), half, 2)
+    return box_muller(uniforms(keys, 2 * ((n + 1) // 2), device))[:, :n]
+
+
+def box_muller(u: torch.Tensor) -> torch.Tensor:
+    """Standard normals from (N, 2M) uniforms in [0, 1), pairs (u0, u1) in turn."""
+    u = u.view(len(u), -1, 2)
     r = torch.sqrt(-2.0 * torch.log1p(-u[..., 0]))
     t = (2.0 * torch.pi) * u[..., 1]
-    return torch.stack([r * torch.cos(t), r * torch.sin(t)], -1).reshape(len(keys), 2 * half)[:, :n]
+    return torch.stack([r * torch.cos(t), r * torch.sin(t)], -1).reshape(len(u), -1)
 
 
 def run_split(fn, total: int, *args, align: int = 2, min_part: int = 1 << 15) -> None:
@@ -156,32 +165,34 @@ if HAVE_NUMBA:
 if HAVE_NUMBA:
     @njit(nogil=True, cache=True)
     def _motion(lo, hi, x, out, dy, dx, k, nt):
-        """Rows lo..hi of the (N * C * H) rows: out[y, :] = sum over taps of k * x[clamp(y - dy), clamp(: - dx)]."""
+        """Rows lo..hi of the output's (N * C * OH) rows (out: (N, C, OH, OW), the top left corner of the full
+        result): out[y, :] = sum over taps of k * x[clamp(y - dy), clamp(: - dx)], clamped to x's (H, W)."""
         n, c, h, w = x.shape
+        oh, ow = out.shape[2], out.shape[3]
         xf = x.reshape(-1)
         of = out.reshape(-1)
         for r in range(lo, hi):
-            img = r // (c * h)
-            y = r % h
-            plane = (r // h) * h * w  # (img, channel) plane offset
-            o0 = r * w
-            for j in range(w):
+            img = r // (c * oh)
+            y = r % oh
+            plane = (r // oh) * h * w  # (img, channel) plane offset in x
+            o0 = r * ow
+            for j in range(ow):
                 of[o0 + j] = 0
             for t in range(nt[img]):
                 s0 = plane + min(max(y - dy[img, t], 0), h - 1) * w
                 kk = k[img, t]
                 d = dx[img, t]
-                a = min(max(d, 0), w)  # columns before a read column 0, from b on column w - 1
-                b = max(min(w + d, w), 0)
-                left = kk * np.float32(xf[s0])
-                right = kk * np.float32(xf[s0 + w - 1])
+                a = min(max(d, 0), ow)  # columns before a read column 0, from b on column w - 1
+                b = max(min(w + d, ow), a)
+                left = kk * xf[s0]
+                right = kk * xf[s0 + w - 1]
                 for j in range(a):
                     of[o0 + j] += left
                 oa = np.uint64(o0 + a)  # unsigned indices: no negative-index test, the loop vectorizes
                 sa = np.uint64(s0 + a - d)
                 for j in range(np.uint64(b - a)):
-                    of[oa + j] += kk * np.float32(xf[sa + j])
-                for j in range(b, w):
+                    of[oa + j] += kk * xf[sa + j]
+                for j in range(b, ow):
                     of[o0 + j] += right
 
 
@@ -189,6 +200,16 @@ if HAVE_NUMBA:
     @njit(nogil=True, cache=True, inline="always")
     def _uniform(key, i):
         return np.float64(_mix(key + (np.uint64(i) + _ONE) * _G) >> np.uint64(11)) * 2.0 ** -53
+
+    @njit(nogil=True, cache=True)
+    def _uniforms(lo, hi, out, keys, m):
+        img = lo // m
+        while img * m < hi:
+            key = keys[img]
+            base = img * m
+            for i in range(max(lo, base) - base, min(hi, base + m) - base):
+                out[base + i] = _uniform(key, i)
+            img += 1
 
     @njit(nogil=True, cache=True)
     def _plasma(key, mapsize, decay):
@@ -397,20 +418,58 @@ def separable(x: torch.Tensor, ky: np.ndarray | None, iy: np.ndarray | None, kx:
     return out.reshape(shape)
 
 
-def motion_blur(x: torch.Tensor, taps: list[list[tuple[int, int, float]]]) -> torch.Tensor:
-    """CPU kernel of ``base.motion_blur_tensor`` (float32 products and sums in tap order: the same bits)."""
+if HAVE_NUMBA:
+    @njit(nogil=True, cache=True)
+    def _snow_compose(lo, hi, x, layer, out, blend):
+        """weather.snow's last steps for images lo..hi, in float32 as there: the blurred layer rounded to 8 bits,
+        the image brightened towards its grey level, the layer and its 180-degree rotation added."""
+        n, c, h, w = x.shape
+        b1 = np.float32(blend)
+        b2 = np.float32(1 - blend)
+        f255 = np.float32(255)
+        for img in range(lo, hi):
+            for y in range(h):
+                for j in range(w):
+                    la = np.float32(np.uint8(np.rint(layer[img, 0, y, j] * 255))) / f255
+                    lb = np.float32(np.uint8(np.rint(layer[img, 0, h - 1 - y, w - 1 - j] * 255))) / f255
+                    r = np.float32(x[img, 0, y, j]) / f255
+                    g = np.float32(x[img, 1, y, j]) / f255
+                    b = np.float32(x[img, 2, y, j]) / f255
+                    grey = (np.float32(0.299) * r + np.float32(0.587) * g) + np.float32(0.114) * b
+                    grey = grey * np.float32(1.5) + np.float32(0.5)
+                    for ch in range(c):
+                        v = np.float32(x[img, ch, y, j]) / f255
+                        v = b1 * v + b2 * max(v, grey)
+                        v = (v + la) + lb
+                        out[img, ch, y, j] = np.uint8(min(max(v, np.float32(0)), np.float32(1)) * f255)
+
+
+def snow_compose(x: torch.Tensor, layer: torch.Tensor, blend: float) -> torch.Tensor:
+    """CPU kernel of the end of ``weather.snow`` (layer: the blurred snow, (N, 1, H, W), float)."""
+    out = torch.empty_like(x)
+    run_split(_snow_compose, len(x), x.contiguous().numpy(), layer.contiguous().numpy(), out.numpy(), float(blend),
+              align=1, min_part=1)
+    return out
+
+
+def motion_blur(x: torch.Tensor, taps: list[list[tuple[int, int, float]]], crop: tuple[int, int] | None = None
+                ) -> torch.Tensor:
+    """CPU kernel of ``base.motion_blur_tensor`` (products and sums in x's float type, in tap order: the same
+    bits); ``crop``: compute only the top left (OH, OW) of the result."""
     n, c, h, w = x.shape
+    oh, ow = crop or (h, w)
     t = max((len(tp) for tp in taps), default=0)
     dy = np.zeros((n, max(t, 1)), dtype=np.int64)
     dx = np.zeros_like(dy)
-    k = np.zeros(dy.shape, dtype=np.float32)
+    x = x.contiguous()
+    k = np.zeros(dy.shape, dtype=x.numpy().dtype)
     for i, tp in enumerate(taps):
         if tp:
             dy[i, :len(tp)], dx[i, :len(tp)], k[i, :len(tp)] = zip(*tp)
     nt = np.array([len(tp) for tp in taps], dtype=np.int64)
-    out = torch.empty(x.shape, dtype=torch.float32)
-    run_split(_motion, n * c * h, x.contiguous().numpy(), out.numpy(), dy, dx, k, nt, align=1,
-              min_part=max(1, (1 << 15) // max(1, w * t)))
+    out = torch.empty((n, c, oh, ow), dtype=x.dtype)
+    run_split(_motion, n * c * oh, x.numpy(), out.numpy(), dy, dx, k, nt, align=1,
+              min_part=max(1, (1 << 15) // max(1, ow * t)))
     return out
 
 

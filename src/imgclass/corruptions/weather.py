@@ -31,14 +31,32 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 def _snow_draw(keys, x, p, pset):
     n, _, h, w = x.shape
     used = 2 * ((h * w + 1) // 2)  # uniforms behind the layer's normals; the next one gives the angle
-    return {"z": kernels.normals(keys, h * w).reshape(n, h, w), "u": kernels.uniforms(keys, used + 1)[:, used]}
+    u = kernels.uniforms(keys, used + 1)
+    return {"z": kernels.box_muller(u[:, :used])[:, :h * w].reshape(n, h, w), "u": u[:, used]}
 
 
-def _clipped_zoom_2d(layer: torch.Tensor, z: float, trim: bool) -> torch.Tensor:
+def _lerp_axis(x: torch.Tensor, coords: np.ndarray, axis: int) -> torch.Tensor:
+    """Linear interpolation of ``x`` along ``axis`` at coordinates inside [0, n - 1] (``interp_matrix``'s rule)."""
+    n = x.shape[axis]
+    i0 = np.clip(np.floor(coords).astype(np.int64), 0, n - 1)
+    f = coords - i0
+    i1 = np.minimum(i0 + 1, n - 1)  # coordinate n - 1 has f = 0
+    shape = [1] * x.dim()
+    shape[axis] = len(coords)
+    ft = torch.as_tensor(f, dtype=x.dtype, device=x.device).view(shape)
+    a = x.index_select(axis, torch.as_tensor(i0, device=x.device))
+    b = x.index_select(axis, torch.as_tensor(i1, device=x.device))
+    return a * (1 - ft) + b * ft
+
+
+def _clipped_zoom_2d(layer: torch.Tensor, z: float, trim: bool, keep: tuple[int, int] | None = None) -> torch.Tensor:
+    """The clipped zoom of (N, H, W) (scipy.ndimage.zoom, order 1, rows then columns), or only its top left
+    ``keep`` (rows, columns): two taps per output and axis, gathered."""
     h, w = layer.shape[-2:]
-    a = torch.as_tensor(interp_matrix(zoom_coords(h, z, trim=trim), h), dtype=layer.dtype, device=layer.device)
-    b = torch.as_tensor(interp_matrix(zoom_coords(w, z, trim=trim), w), dtype=layer.dtype, device=layer.device)
-    return a @ layer @ b.T
+    cy, cx = zoom_coords(h, z, trim=trim), zoom_coords(w, z, trim=trim)
+    if keep:
+        cy, cx = cy[:keep[0]], cx[:keep[1]]
+    return _lerp_axis(_lerp_axis(layer, cy, -2), cx, -1)
 
 
 @register("snow", draw=_snow_draw, keyed=True)
@@ -46,12 +64,18 @@ def snow(x: torch.Tensor, p: tuple, pset: str, *, z: torch.Tensor, u: torch.Tens
     loc, scale, zoom, thresh, radius, sigma, blend = p
     n, c, h, w = x.shape
     cifar = pset == "cifar10"
-    layer = _clipped_zoom_2d(loc + scale * z, zoom, trim=cifar)  # imagecorruptions keeps the whole zoom
+    # imagecorruptions zooms the whole layer, blurs it and keeps the image's top left: only the rows and columns
+    # that corner's motion blur reads (the blur reaches at most its kernel width) are computed here
+    full = (len(zoom_coords(h, zoom, trim=cifar)), len(zoom_coords(w, zoom, trim=cifar)))
+    reach = 2 * radius + 2
+    layer = _clipped_zoom_2d(loc + scale * z, zoom, trim=cifar, keep=(min(full[0], h + reach), min(full[1], w + reach)))
     layer = torch.where(layer < thresh, torch.zeros_like(layer), layer).clamp(0, 1)
     if cifar:  # the generator hands ImageMagick an 8-bit image
         layer = (layer * 255).to(torch.uint8).to(torch.float64) / 255
     angles = (-135.0 + 90.0 * u).tolist()
-    layer = motion_blur(layer[:, None], radius, sigma, angles)[:, :, :h, :w]
+    layer = motion_blur(layer[:, None], radius, sigma, angles, crop=(h, w), extent=full)
+    if x.device.type == "cpu" and kernels.HAVE_NUMBA:
+        return kernels.snow_compose(x, layer, blend)
     layer = torch.round(layer * 255).to(torch.uint8).to(torch.float32) / 255
     xf = _float(x)
     xf = blend * xf + (1 - blend) * torch.maximum(xf, _gray(xf) * 1.5 + 0.5)
