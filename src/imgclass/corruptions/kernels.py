@@ -28,7 +28,7 @@ GAMMA = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
 
-__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse", "motion_blur", "uniforms", "normals", "box_muller", "fog", "elastic", "separable", "snow_compose"]
+__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse", "motion_blur", "uniforms", "normals", "box_muller", "fog", "elastic", "separable", "snow_layer", "snow_compose"]
 
 
 def _signed(c: int) -> int:
@@ -426,22 +426,59 @@ if HAVE_NUMBA:
         n, c, h, w = x.shape
         b1 = np.float32(blend)
         b2 = np.float32(1 - blend)
-        f255 = np.float32(255)
+        lut = np.empty(256, dtype=np.float32)  # v / 255 in float32, as the tensor code divides
+        for v in range(256):
+            lut[v] = np.float32(v) / np.float32(255)
+        q = np.empty((h, w), dtype=np.float32)
         for img in range(lo, hi):
             for y in range(h):
                 for j in range(w):
-                    la = np.float32(np.uint8(np.rint(layer[img, 0, y, j] * 255))) / f255
-                    lb = np.float32(np.uint8(np.rint(layer[img, 0, h - 1 - y, w - 1 - j] * 255))) / f255
-                    r = np.float32(x[img, 0, y, j]) / f255
-                    g = np.float32(x[img, 1, y, j]) / f255
-                    b = np.float32(x[img, 2, y, j]) / f255
-                    grey = (np.float32(0.299) * r + np.float32(0.587) * g) + np.float32(0.114) * b
+                    q[y, j] = lut[np.uint8(np.rint(layer[img, 0, y, j] * 255))]
+            for y in range(h):
+                for j in range(w):
+                    la = q[y, j]
+                    lb = q[h - 1 - y, w - 1 - j]
+                    grey = (np.float32(0.299) * lut[x[img, 0, y, j]] + np.float32(0.587) * lut[x[img, 1, y, j]]) \
+                        + np.float32(0.114) * lut[x[img, 2, y, j]]
                     grey = grey * np.float32(1.5) + np.float32(0.5)
                     for ch in range(c):
-                        v = np.float32(x[img, ch, y, j]) / f255
+                        v = lut[x[img, ch, y, j]]
                         v = b1 * v + b2 * max(v, grey)
                         v = (v + la) + lb
-                        out[img, ch, y, j] = np.uint8(min(max(v, np.float32(0)), np.float32(1)) * f255)
+                        out[img, ch, y, j] = np.uint8(min(max(v, np.float32(0)), np.float32(1)) * np.float32(255))
+
+
+if HAVE_NUMBA:
+    @njit(nogil=True, cache=True)
+    def _snow_layer(lo, hi, z, out, loc, scale, thresh, i0y, i1y, fy, i0x, i1x, fx, eight_bit):
+        """weather.snow's layer for images lo..hi: loc + scale z, zoomed linearly (rows, then columns, at the
+        given taps and fractions), thresholded, clipped to [0, 1] (and, for the CIFAR generator, to 8 bits)."""
+        n, h, w = z.shape
+        oh, ow = out.shape[1], out.shape[2]
+        rows = np.empty((oh, w))
+        for img in range(lo, hi):
+            for r in range(oh):
+                a, b, f = i0y[r], i1y[r], fy[r]
+                for j in range(w):
+                    rows[r, j] = (scale * z[img, a, j] + loc) * (1.0 - f) + (scale * z[img, b, j] + loc) * f
+            for r in range(oh):
+                for q in range(ow):
+                    v = rows[r, i0x[q]] * (1.0 - fx[q]) + rows[r, i1x[q]] * fx[q]
+                    if v < thresh:
+                        v = 0.0
+                    v = min(max(v, 0.0), 1.0)
+                    if eight_bit:
+                        v = np.float64(np.uint8(v * 255)) / 255
+                    out[img, r, q] = v
+
+
+def snow_layer(z: torch.Tensor, loc: float, scale: float, thresh: float, ty: tuple, tx: tuple,
+               eight_bit: bool) -> torch.Tensor:
+    """CPU kernel of the snow layer (z: (N, H, W) float64; ty, tx: (first tap, second tap, fraction) arrays)."""
+    out = torch.empty((len(z), len(ty[0]), len(tx[0])), dtype=torch.float64)
+    run_split(_snow_layer, len(z), z.contiguous().numpy(), out.numpy(), float(loc), float(scale), float(thresh),
+              *ty, *tx, bool(eight_bit), align=1, min_part=1)
+    return out
 
 
 def snow_compose(x: torch.Tensor, layer: torch.Tensor, blend: float) -> torch.Tensor:

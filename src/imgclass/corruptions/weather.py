@@ -11,7 +11,7 @@ import torch
 
 from . import cvops
 from . import kernels
-from .base import (gaussian_filter, interp_matrix, motion_blur, register, to_uint8, to_uint8_255,
+from .base import (gaussian_filter, motion_blur, register, to_uint8, to_uint8_255,
                    zoom_coords)
 
 
@@ -35,28 +35,30 @@ def _snow_draw(keys, x, p, pset):
     return {"z": kernels.box_muller(u[:, :used])[:, :h * w].reshape(n, h, w), "u": u[:, used]}
 
 
-def _lerp_axis(x: torch.Tensor, coords: np.ndarray, axis: int) -> torch.Tensor:
-    """Linear interpolation of ``x`` along ``axis`` at coordinates inside [0, n - 1] (``interp_matrix``'s rule)."""
-    n = x.shape[axis]
+def _lerp_taps(coords: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first tap, second tap, fraction) of linear interpolation at coordinates inside [0, n - 1]
+    (``interp_matrix``'s rule; coordinate n - 1 has fraction 0)."""
     i0 = np.clip(np.floor(coords).astype(np.int64), 0, n - 1)
-    f = coords - i0
-    i1 = np.minimum(i0 + 1, n - 1)  # coordinate n - 1 has f = 0
+    return i0, np.minimum(i0 + 1, n - 1), coords - i0
+
+
+def _lerp_axis(x: torch.Tensor, taps: tuple[np.ndarray, np.ndarray, np.ndarray], axis: int) -> torch.Tensor:
+    i0, i1, f = taps
     shape = [1] * x.dim()
-    shape[axis] = len(coords)
+    shape[axis] = len(f)
     ft = torch.as_tensor(f, dtype=x.dtype, device=x.device).view(shape)
     a = x.index_select(axis, torch.as_tensor(i0, device=x.device))
     b = x.index_select(axis, torch.as_tensor(i1, device=x.device))
     return a * (1 - ft) + b * ft
 
 
-def _clipped_zoom_2d(layer: torch.Tensor, z: float, trim: bool, keep: tuple[int, int] | None = None) -> torch.Tensor:
-    """The clipped zoom of (N, H, W) (scipy.ndimage.zoom, order 1, rows then columns), or only its top left
-    ``keep`` (rows, columns): two taps per output and axis, gathered."""
-    h, w = layer.shape[-2:]
+def _zoom_taps(h: int, w: int, z: float, trim: bool, keep: tuple[int, int] | None):
+    """Row and column taps of the clipped zoom of an (h, w) layer (scipy.ndimage.zoom, order 1), or of its top
+    left ``keep`` (rows, columns)."""
     cy, cx = zoom_coords(h, z, trim=trim), zoom_coords(w, z, trim=trim)
     if keep:
         cy, cx = cy[:keep[0]], cx[:keep[1]]
-    return _lerp_axis(_lerp_axis(layer, cy, -2), cx, -1)
+    return _lerp_taps(cy, h), _lerp_taps(cx, w)
 
 
 @register("snow", draw=_snow_draw, keyed=True)
@@ -68,10 +70,14 @@ def snow(x: torch.Tensor, p: tuple, pset: str, *, z: torch.Tensor, u: torch.Tens
     # that corner's motion blur reads (the blur reaches at most its kernel width) are computed here
     full = (len(zoom_coords(h, zoom, trim=cifar)), len(zoom_coords(w, zoom, trim=cifar)))
     reach = 2 * radius + 2
-    layer = _clipped_zoom_2d(loc + scale * z, zoom, trim=cifar, keep=(min(full[0], h + reach), min(full[1], w + reach)))
-    layer = torch.where(layer < thresh, torch.zeros_like(layer), layer).clamp(0, 1)
-    if cifar:  # the generator hands ImageMagick an 8-bit image
-        layer = (layer * 255).to(torch.uint8).to(torch.float64) / 255
+    ty, tx = _zoom_taps(h, w, zoom, cifar, (min(full[0], h + reach), min(full[1], w + reach)))
+    if x.device.type == "cpu" and kernels.HAVE_NUMBA:
+        layer = kernels.snow_layer(z, loc, scale, thresh, ty, tx, eight_bit=cifar)
+    else:  # zoom rows then columns, two taps each
+        layer = _lerp_axis(_lerp_axis(loc + scale * z, ty, -2), tx, -1)
+        layer = torch.where(layer < thresh, torch.zeros_like(layer), layer).clamp(0, 1)
+        if cifar:  # the generator hands ImageMagick an 8-bit image
+            layer = (layer * 255).to(torch.uint8).to(torch.float64) / 255
     angles = (-135.0 + 90.0 * u).tolist()
     layer = motion_blur(layer[:, None], radius, sigma, angles, crop=(h, w), extent=full)
     if x.device.type == "cpu" and kernels.HAVE_NUMBA:
