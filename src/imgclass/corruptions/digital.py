@@ -10,6 +10,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from . import kernels
+from . import kernels_digital as kd
 from .base import gaussian_filter, register, stack_draws, to_uint8
 
 
@@ -58,21 +60,21 @@ def _float64(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float64) / 255.0  # the colour round trip in double, as the reference: exact to the level
 
 
-@register("brightness")
+@register("brightness", fused=lambda x, keys, p, pset: kd.hsv_adjust(x, v_add=p))
 def brightness(x: torch.Tensor, p: float, pset: str) -> torch.Tensor:
     hsv = rgb2hsv(_float64(x))
     hsv[:, 2] = (hsv[:, 2] + p).clamp(0, 1)
     return to_uint8(hsv2rgb(hsv))
 
 
-@register("saturate")
+@register("saturate", fused=lambda x, keys, p, pset: kd.hsv_adjust(x, s_mul=p[0], s_add=p[1]))
 def saturate(x: torch.Tensor, p: tuple, pset: str) -> torch.Tensor:
     hsv = rgb2hsv(_float64(x))
     hsv[:, 1] = (hsv[:, 1] * p[0] + p[1]).clamp(0, 1)
     return to_uint8(hsv2rgb(hsv))
 
 
-@register("contrast")
+@register("contrast", fused=lambda x, keys, p, pset: kd.contrast(x, p))
 def contrast(x: torch.Tensor, p: float, pset: str) -> torch.Tensor:
     xf = _float(x)
     means = xf.to(torch.float64).mean((2, 3), keepdim=True).to(torch.float32)
@@ -118,17 +120,29 @@ def _affine_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.linalg.solve(a, dst.astype(np.float64)).T
 
 
-def _elastic_draw(gens, x, p, pset):
-    h, w = x.shape[-2:]
-    out = {"u": stack_draws(gens, lambda g: torch.rand((2, h, w), generator=g, device=x.device,
-                                                       dtype=torch.float64))}
+def _elastic_draw(keys, x, p, pset):
+    n, _, h, w = x.shape
+    u = kernels.uniforms(keys, 2 * h * w + 6)  # the displacement fields, then the affine jitter (CIFAR)
+    out = {"u": u[:, :2 * h * w].reshape(n, 2, h, w)}
     if pset == "cifar10":
-        out["affine"] = stack_draws(gens, lambda g: torch.rand((3, 2), generator=g, device=x.device,
-                                                               dtype=torch.float64))
+        out["affine"] = u[:, 2 * h * w:].reshape(n, 3, 2)
     return out
 
 
-@register("elastic_transform", draw=_elastic_draw)
+def _elastic_fused(x, keys, p, pset):
+    """The CPU kernel for imagecorruptions' parameters (the CIFAR generator's affine warp: the tensor path)."""
+    if pset == "cifar10":
+        return None
+    from .base import border_index, gaussian_kernel1d
+
+    h, w = x.shape[-2:]
+    ky, kx = gaussian_kernel1d(h * 0.01, 3), gaussian_kernel1d(w * 0.01, 3)
+    iy = border_index(h, len(ky) // 2, len(ky) // 2, "reflect")
+    ix = border_index(w, len(kx) // 2, len(kx) // 2, "reflect")
+    return kernels.elastic(x, keys, p, -h * 0.005, h * 0.005, ky, iy, kx, ix)
+
+
+@register("elastic_transform", draw=_elastic_draw, keyed=True, fused=_elastic_fused)
 def elastic_transform(x: torch.Tensor, p, pset: str, *, u: torch.Tensor,
                       affine: torch.Tensor | None = None) -> torch.Tensor:
     """imagecorruptions: smooth random displacements only; the CIFAR generator: a random affine warp
@@ -249,11 +263,17 @@ def pil_resize_box(x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
     return x
 
 
-@register("pixelate", chunk=1 << 24)
+def _pixelate_fused(x: torch.Tensor, keys, p: float, pset: str) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    return kd.pixelate(x, int(h * p), int(w * p), box_back=pset == "cifar10")
+
+
+@register("pixelate", chunk=1 << 24, fused=_pixelate_fused)
 def pixelate(x: torch.Tensor, p: float, pset: str) -> torch.Tensor:
-    """Pillow's BOX reduction, then NEAREST (imagecorruptions) or BOX (the CIFAR generator) back. On the CPU
-    Pillow itself does it, images in threads (its C resampler beats any tensor formulation there), except for
-    the NEAREST path on small images; elsewhere the tensor reproduction of its fixed-point arithmetic."""
+    """Pillow's BOX reduction, then NEAREST (imagecorruptions) or BOX (the CIFAR generator) back. Here, on the CPU
+    Pillow itself does it, images in threads, except for the NEAREST path on small images; elsewhere the tensor
+    reproduction of its fixed-point arithmetic. ``corrupt`` on the CPU runs the numba kernel
+    (``kernels_digital.pixelate``: the same integer arithmetic, several times faster than Pillow)."""
     h, w = x.shape[-2:]
     sh, sw = int(h * p), int(w * p)
     cifar = pset == "cifar10"
