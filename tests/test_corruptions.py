@@ -64,11 +64,11 @@ def test_cpu_pieces_change_nothing(monkeypatch):
 
 def test_cpu_kernels_equal_the_tensor_path(monkeypatch):
     """Invariant: with the numba kernels (the CPU default) every corruption gives what the tensor code (the path
-    on every other device) gives, with one thread or two, however the work splits (a 224 px image cut in two, two
-    99x101 images cut inside the second at an odd position, a small batch left whole): bit for bit, but for the
+    on every other device) gives, with one thread or two, however the work splits (parts of the usual size, and
+    parts of a few microseconds' work, which cut images and rows at odd positions): bit for bit, but for the
     Gaussian filters' users, whose direct correlation and filter matrices agree to rounding (within 1 level, and
     on all but a few values in 10,000)."""
-    from imgclass.corruptions import kernels
+    from imgclass.corruptions import kernels, kernels_digital
 
     filtered = {"gaussian_blur", "glass_blur", "spatter", "elastic_transform"}
     g = torch.Generator().manual_seed(3)
@@ -77,8 +77,11 @@ def test_cpu_kernels_equal_the_tensor_path(monkeypatch):
         for shape in [(1, 3, 224, 224), (2, 3, 99, 101), (3, 3, 37, 53)]:
             x = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
             ids = [f"t{i}" for i in range(len(x))]
-            for n_threads in (1, 2):
+            for n_threads, part_ns in ((1, None), (2, None), (2, 2_000)):  # 2 us: parts far smaller than usual
                 torch.set_num_threads(n_threads)
+                if part_ns:
+                    monkeypatch.setattr(kernels, "_PART_NS", part_ns)
+                    monkeypatch.setattr(kernels_digital, "_PART_NS", part_ns)
                 for name in CORRUPTIONS:
                     for params, s in (("imagenet", 2), ("cifar10", 5)):
                         assert kernels.HAVE_NUMBA
@@ -86,7 +89,7 @@ def test_cpu_kernels_equal_the_tensor_path(monkeypatch):
                         with monkeypatch.context() as m:
                             m.setattr(kernels, "HAVE_NUMBA", False)
                             twin = corrupt(x, name, s, seed=4, sample_ids=ids, params=params)
-                        what = (name, shape, n_threads, params)
+                        what = (name, shape, n_threads, part_ns, params)
                         if name not in filtered:
                             assert torch.equal(fast, twin), what
                         else:

@@ -87,7 +87,8 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int, sample
     c = REGISTRY[name]
     if c.fused is not None and kernels.HAVE_NUMBA and images.device.type == "cpu":
         p = get_params(name, severity, params)
-        out = c.fused(images.contiguous(), keys(seed, name, severity, sample_ids), p, params)
+        k = keys(seed, name, severity, sample_ids) if c.draw is not None else None  # hashing costs at 32 px
+        out = c.fused(images.contiguous(), k, p, params)
         if out is not None:  # None: no kernel for this parameter set
             return out
     step = len(images)

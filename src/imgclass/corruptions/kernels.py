@@ -61,7 +61,8 @@ def uniforms(keys: torch.Tensor, n: int, device=None) -> torch.Tensor:
     keys = keys.to(device=device, dtype=torch.int64)
     if keys.device.type == "cpu" and HAVE_NUMBA:
         out = torch.empty((len(keys), n), dtype=torch.float64)
-        run_split(_uniforms, len(keys) * n, out.numpy().reshape(-1), keys.numpy().view(np.uint64), n, align=1)
+        run_split(_uniforms, len(keys) * n, out.numpy().reshape(-1), keys.numpy().view(np.uint64), n, align=1,
+                  min_part=_min_part(1.5))
         return out
     z = keys[:, None] + torch.arange(1, n + 1, device=keys.device, dtype=torch.int64)[None, :] * _signed(GAMMA)
     z = (z ^ _lshr(z, 30)) * _signed(_M1)
@@ -84,11 +85,21 @@ def box_muller(u: torch.Tensor) -> torch.Tensor:
     return torch.stack([r * torch.cos(t), r * torch.sin(t)], -1).reshape(len(u), -1)
 
 
-def run_split(fn, total: int, *args, align: int = 2, min_part: int = 1 << 15) -> None:
-    """Call ``fn(lo, hi, *args)`` over [0, total) in as many parts as torch has threads, in the thread pool
-    (the kernels release the GIL); parts start at multiples of ``align``."""
+# handing a part to a pool thread and getting it back costs 0.1-0.25 ms on a small VM: parts are sized to take
+# at least about 0.3 ms (min_part, from each kernel's rough cost per unit)
+_PART_NS = 300_000
+
+
+def _min_part(unit_ns: float) -> int:
+    return max(1, int(_PART_NS / max(unit_ns, 1e-3)))
+
+
+def run_split(fn, total: int, *args, align: int = 2, min_part: int | None = None) -> None:
+    """Call ``fn(lo, hi, *args)`` over [0, total) in as many parts as torch has threads, the first in the calling
+    thread, the others in the thread pool (the kernels release the GIL); parts start at multiples of ``align``."""
     from .digital import pool
 
+    min_part = _min_part(3.0) if min_part is None else min_part  # default: units of ~3 ns (a value of a noise)
     parts = max(1, min(torch.get_num_threads(), total // max(1, min_part)))
     if parts == 1:
         fn(0, total, *args)
@@ -96,7 +107,9 @@ def run_split(fn, total: int, *args, align: int = 2, min_part: int = 1 << 15) ->
     step = -(-total // parts)
     step += (-step) % align
     bounds = [(lo, min(lo + step, total)) for lo in range(0, total, step)]
-    for f in [pool(parts).submit(fn, lo, hi, *args) for lo, hi in bounds]:
+    futures = [pool(parts - 1).submit(fn, lo, hi, *args) for lo, hi in bounds[1:]]
+    fn(*bounds[0], *args)  # the first part in the calling thread: one hand-off fewer
+    for f in futures:
         f.result()
 
 
@@ -414,7 +427,8 @@ def separable(x: torch.Tensor, ky: np.ndarray | None, iy: np.ndarray | None, kx:
     none = np.zeros(0, dtype=dt), np.zeros(1, dtype=np.int64)
     ky_, iy_ = (np.asarray(ky, dtype=dt), iy) if ky is not None else none
     kx_, ix_ = (np.asarray(kx, dtype=dt), ix) if kx is not None else none
-    run_split(_separable, len(planes), planes.numpy(), out.numpy(), ky_, iy_, kx_, ix_, align=1, min_part=1)
+    run_split(_separable, len(planes), planes.numpy(), out.numpy(), ky_, iy_, kx_, ix_, align=1,
+              min_part=_min_part(0.2 * planes[0].numel() * (len(ky_) + len(kx_) + 2)))
     return out.reshape(shape)
 
 
@@ -506,7 +520,7 @@ def motion_blur(x: torch.Tensor, taps: list[list[tuple[int, int, float]]], crop:
     nt = np.array([len(tp) for tp in taps], dtype=np.int64)
     out = torch.empty((n, c, oh, ow), dtype=x.dtype)
     run_split(_motion, n * c * oh, x.numpy(), out.numpy(), dy, dx, k, nt, align=1,
-              min_part=max(1, (1 << 15) // max(1, ow * t)))
+              min_part=_min_part(0.3 * ow * max(t, 1)))
     return out
 
 
