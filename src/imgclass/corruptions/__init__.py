@@ -4,12 +4,14 @@
 device and returns the corrupted batch, uint8, same shape and device. Two parameter sets: ``imagenet``
 (the ``imagecorruptions`` 1.1.2 package, any image size) and ``cifar10`` (Hendrycks' CIFAR-10-C
 generator, 32x32). Outputs follow the reference operation by operation, including its truncation to
-uint8. Each image's random draw comes from its own generator, seeded from (seed, corruption, severity,
-sample id) only: batch size, batch order and the number of processes change nothing. The per-pixel noises
-draw from a counter-based generator (``kernels.words``), the same on every device; the others from a torch
-generator on the images' device, so their CPU and CUDA draws differ. On the CPU the per-pixel corruptions run
-as fused numba kernels (``kernels``), the others in pieces that fit the cache (each corruption says how
-large), several times faster than whole multi-megabyte batches.
+uint8. Each image's random draw comes from its own key, made from (seed, corruption, severity, sample id)
+only: batch size, batch order and the number of processes change nothing. The noises, fog, snow, spatter and
+the elastic transform draw from a counter-based stream of that key (``kernels.words`` / ``uniforms``: bit for
+bit the same on every device; the normals of snow and spatter go through the device's log and cosine); glass
+blur, motion blur and frost from a torch generator on the images' device, so their CPU and CUDA draws differ.
+On the CPU most corruptions run as numba kernels (``kernels``, ``kernels_digital``) that the tests hold equal to
+the tensor code; the rest in pieces that fit the cache (each corruption says how large), several times faster
+than whole multi-megabyte batches.
 """
 
 from __future__ import annotations

@@ -347,15 +347,31 @@ def jpeg_compression(x: torch.Tensor, p: int, pset: str) -> torch.Tensor:
     except ImportError:
         return pillow_map(lambda a: _jpeg_one(a, p), x)
 
-    def run(part: list[torch.Tensor]) -> list[torch.Tensor]:
+    src = x.cpu().contiguous()
+    if kernels.HAVE_NUMBA:  # interleave and de-interleave by numba loops: torch's strided uint8 copies cost as
+        # much as the codec here (torchvision's encoder transposes CHW input itself)
+        out = torch.empty_like(src)
+
+        def run(lo: int, hi: int) -> None:
+            hwc = np.empty((hi - lo, *src.shape[2:], src.shape[1]), dtype=np.uint8)
+            for i in range(lo, hi):
+                kernels.to_hwc(src[i].numpy(), hwc[i - lo])
+            views = [torch.from_numpy(a).permute(2, 0, 1) for a in hwc]  # CHW views of HWC memory: no copy
+            for i, d in zip(range(lo, hi), decode_jpeg(encode_jpeg(views, quality=int(p)))):
+                kernels.to_chw(d.permute(1, 2, 0).numpy(), out[i].numpy())
+
+        kernels.run_split(run, len(src), align=1, min_part=1)
+        return out.to(x.device)
+
+    def run_list(part: list[torch.Tensor]) -> list[torch.Tensor]:
         return decode_jpeg(encode_jpeg(part, quality=int(p)))
 
-    images = list(x.cpu())
+    images = list(src)
     parts = max(1, min(len(images), torch.get_num_threads()))
     if parts == 1:
-        out = run(images)
+        out = run_list(images)
     else:
         step = -(-len(images) // parts)
-        out = [im for chunk in pool(parts).map(run, [images[i:i + step] for i in range(0, len(images), step)])
+        out = [im for chunk in pool(parts).map(run_list, [images[i:i + step] for i in range(0, len(images), step)])
                for im in chunk]
     return torch.stack(out).to(x.device)
