@@ -64,8 +64,15 @@ def generators(seed: int, name: str, severity: int, sample_ids: Sequence[str | i
 
 
 def keys(seed: int, name: str, severity: int, sample_ids: Sequence[str | int]) -> torch.Tensor:
-    """The 63-bit key of each image (int64, on the CPU): the seed of its counter-based random words."""
-    return torch.tensor([_key(seed, name, severity, sid) for sid in sample_ids], dtype=torch.int64)
+    """The 63-bit key of each image (int64, on the CPU): the seed of its counter-based random words; ``_key``'s
+    digests, the common prefix hashed once."""
+    base = hashlib.blake2b(f"{int(seed)}|{name}|{int(severity)}|".encode(), digest_size=8)
+    out = []
+    for sid in sample_ids:
+        h = base.copy()
+        h.update((f"i:{sid}" if isinstance(sid, (int, np.integer)) else f"s:{sid}").encode())
+        out.append(int.from_bytes(h.digest(), "little") & ((1 << 63) - 1))
+    return torch.tensor(out, dtype=torch.int64)
 
 
 def stack_draws(gens: list[torch.Generator], fn: Callable[[torch.Generator], torch.Tensor]) -> torch.Tensor:
@@ -147,6 +154,22 @@ def separable_filter(x: torch.Tensor, k_rows: np.ndarray | None, k_cols: np.ndar
     if k_cols is not None:
         x = torch.matmul(x, filter_matrix(w, k_cols, mode, dtype=x.dtype, device=x.device).T)
     return x
+
+
+def gaussian_blur_uint8(x: torch.Tensor, sigma: float | tuple[float, float], *, mode: str = "nearest",
+                        truncate: float = 4.0) -> torch.Tensor:
+    """``to_uint8(gaussian_filter(x / 255, sigma))`` of uint8 images, float32 (one fused kernel on the CPU)."""
+    from . import kernels
+
+    if x.device.type == "cpu" and kernels.HAVE_NUMBA:
+        h, w = x.shape[-2:]
+        sy, sx = (sigma, sigma) if np.isscalar(sigma) else sigma
+        ky = gaussian_kernel1d(sy, truncate) if sy > 0 else None
+        kx = gaussian_kernel1d(sx, truncate) if sx > 0 else None
+        iy = border_index(h, (len(ky) - 1) // 2, len(ky) // 2, mode) if ky is not None else None
+        ix = border_index(w, (len(kx) - 1) // 2, len(kx) // 2, mode) if kx is not None else None
+        return kernels.separable_u8(x, ky, iy, kx, ix)
+    return to_uint8(gaussian_filter(x.to(torch.float32) / 255.0, sigma, mode=mode, truncate=truncate))
 
 
 def gaussian_filter(x: torch.Tensor, sigma: float | tuple[float, float], *, mode: str = "nearest",

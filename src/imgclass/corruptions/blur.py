@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .base import (border_index, filter_matrix, gaussian_filter, interp_matrix, motion_blur, register, stack_draws,
+from .base import (border_index, filter_matrix, gaussian_blur_uint8, interp_matrix, motion_blur, register, stack_draws,
                    to_uint8, to_uint8_255, zoom_coords)
 
 
@@ -18,7 +18,7 @@ def _float(x: torch.Tensor) -> torch.Tensor:
 
 @register("gaussian_blur")
 def gaussian_blur(x: torch.Tensor, p: float, pset: str) -> torch.Tensor:
-    return to_uint8(gaussian_filter(_float(x), float(p)))
+    return gaussian_blur_uint8(x, float(p))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -160,11 +160,11 @@ def glass_sources(offsets: torch.Tensor, h: int, w: int, d: int) -> torch.Tensor
 def glass_blur(x: torch.Tensor, p: tuple, pset: str, *, offsets: torch.Tensor) -> torch.Tensor:
     sigma, d, _ = p
     n, c, h, w = x.shape
-    x8 = to_uint8(gaussian_filter(_float(x), sigma))
+    x8 = gaussian_blur_uint8(x, sigma)
     src = glass_sources(offsets, h, w, d)
     idx = (src[:, None, :] + (torch.arange(n * c, device=x.device) * (h * w)).view(n, c, 1)).reshape(-1)
     x8 = x8.reshape(-1).index_select(0, idx).view(n, c, h, w)
-    return to_uint8(gaussian_filter(_float(x8), sigma))
+    return gaussian_blur_uint8(x8, sigma)
 
 
 # ---------------------------------------------------------------------------------------------------------

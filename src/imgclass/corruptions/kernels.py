@@ -28,7 +28,7 @@ GAMMA = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
 
-__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse", "motion_blur", "uniforms", "normals", "box_muller", "fog", "elastic", "separable", "snow_layer", "snow_compose"]
+__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse", "motion_blur", "uniforms", "normals", "box_muller", "fog", "elastic", "separable", "separable_u8", "snow_layer", "snow_compose"]
 
 
 def _signed(c: int) -> int:
@@ -377,43 +377,86 @@ def elastic(x: torch.Tensor, keys: torch.Tensor, alpha: float, low: float, high:
 
 if HAVE_NUMBA:
     @njit(nogil=True, cache=True)
-    def _separable(lo, hi, x, out, ky, iy, kx, ix):
-        """Planes lo..hi of (P, H, W): correlate along H with ky, then along W with kx (empty: skip the axis),
-        borders through the index maps iy, ix (``base.border_index``); accumulation in x's dtype, tap order."""
-        p_, h, w = x.shape
+    def _sep_plane(src, dst, ky, iy, kx, ix, tmp, row):
+        """One (H, W) plane: correlate along H with ky, then along W with kx (empty: skip the axis), borders
+        through the index maps iy, ix (``base.border_index``); accumulation in src's dtype, in tap order.
+        Flat unsigned indices: no negative-index tests, no views per row and tap, the inner loops vectorize."""
+        h, w = src.shape
         ty, tx = len(ky), len(kx)
-        tmp = np.empty((h, w), dtype=x.dtype)
-        row = np.empty(w + max(tx, 1), dtype=x.dtype)
-        zero = x.dtype.type(0)
-        for p in range(lo, hi):
-            src = x[p]
-            dst = out[p]
-            if ty:
-                for y in range(h):
-                    t_row = tmp[y]
-                    for j in range(w):
-                        t_row[j] = zero
-                    for t in range(ty):
-                        s_row = src[iy[y + t]]
-                        kk = ky[t]
-                        for j in range(w):
-                            t_row[j] += kk * s_row[j]
-            else:
-                tmp[:, :] = src
+        zero = src.dtype.type(0)
+        sf, df, tf = src.reshape(-1), dst.reshape(-1), tmp.reshape(-1)
+        uw = np.uint64(w)
+        if ty:
             for y in range(h):
-                d_row = dst[y]
-                if not tx:
-                    d_row[:] = tmp[y]
-                    continue
-                t_row = tmp[y]
-                for j in range(w + tx - 1):
-                    row[j] = t_row[ix[j]]
+                o = np.uint64(y * w)
+                for j in range(uw):
+                    tf[o + j] = zero
+                for t in range(ty):
+                    sr = np.uint64(iy[y + t] * w)
+                    kk = ky[t]
+                    for j in range(uw):
+                        tf[o + j] += kk * sf[sr + j]
+        else:
+            for e in range(h * w):
+                tf[e] = sf[e]
+        for y in range(h):
+            o = np.uint64(y * w)
+            if not tx:
+                for j in range(uw):
+                    df[o + j] = tf[o + j]
+                continue
+            for j in range(w + tx - 1):
+                row[j] = tf[o + np.uint64(ix[j])]
+            for j in range(uw):
+                df[o + j] = zero
+            for t in range(tx):
+                kk = kx[t]
+                ut = np.uint64(t)
+                for j in range(uw):
+                    df[o + j] += kk * row[ut + j]
+
+    @njit(nogil=True, cache=True)
+    def _separable(lo, hi, x, out, ky, iy, kx, ix):
+        """Planes lo..hi of (P, H, W) through ``_sep_plane``."""
+        p_, h, w = x.shape
+        tmp = np.empty((h, w), dtype=x.dtype)
+        row = np.empty(w + max(len(kx), 1), dtype=x.dtype)
+        for p in range(lo, hi):
+            _sep_plane(x[p], out[p], ky, iy, kx, ix, tmp, row)
+
+    @njit(nogil=True, cache=True)
+    def _separable_u8(lo, hi, x, out, ky, iy, kx, ix):
+        """``to_uint8(filter(x / 255))`` of uint8 planes lo..hi, in float32: the tensor code's values."""
+        p_, h, w = x.shape
+        lut = np.empty(256, dtype=np.float32)
+        for v in range(256):
+            lut[v] = np.float32(v) / np.float32(255)
+        src = np.empty((h, w), dtype=np.float32)
+        dst = np.empty((h, w), dtype=np.float32)
+        tmp = np.empty((h, w), dtype=np.float32)
+        row = np.empty(w + max(len(kx), 1), dtype=np.float32)
+        for p in range(lo, hi):
+            for y in range(h):
                 for j in range(w):
-                    d_row[j] = zero
-                for t in range(tx):
-                    kk = kx[t]
-                    for j in range(w):
-                        d_row[j] += kk * row[t + j]
+                    src[y, j] = lut[x[p, y, j]]
+            _sep_plane(src, dst, ky, iy, kx, ix, tmp, row)
+            for y in range(h):
+                for j in range(w):
+                    out[p, y, j] = np.uint8(min(max(dst[y, j], np.float32(0)), np.float32(1)) * np.float32(255))
+
+
+def separable_u8(x: torch.Tensor, ky: np.ndarray | None, iy: np.ndarray | None, kx: np.ndarray | None,
+                 ix: np.ndarray | None) -> torch.Tensor:
+    """CPU kernel of ``to_uint8(separable_filter(x / 255))`` for uint8 x (float32 arithmetic)."""
+    shape = x.shape
+    planes = x.contiguous().reshape(-1, *shape[-2:])
+    out = torch.empty_like(planes)
+    none = np.zeros(0, dtype=np.float32), np.zeros(1, dtype=np.int64)
+    ky_, iy_ = (np.asarray(ky, dtype=np.float32), iy) if ky is not None else none
+    kx_, ix_ = (np.asarray(kx, dtype=np.float32), ix) if kx is not None else none
+    run_split(_separable_u8, len(planes), planes.numpy(), out.numpy(), ky_, iy_, kx_, ix_, align=1,
+              min_part=_min_part(0.2 * planes[0].numel() * (len(ky_) + len(kx_) + 4)))
+    return out.reshape(shape)
 
 
 def separable(x: torch.Tensor, ky: np.ndarray | None, iy: np.ndarray | None, kx: np.ndarray | None,
