@@ -5,10 +5,9 @@ device and returns the corrupted batch, uint8, same shape and device. Two parame
 (the ``imagecorruptions`` 1.1.2 package, any image size) and ``cifar10`` (Hendrycks' CIFAR-10-C
 generator, 32x32). Outputs follow the reference operation by operation, including its truncation to
 uint8. Each image's random draw comes from its own key, made from (seed, corruption, severity, sample id)
-only: batch size, batch order and the number of processes change nothing. The noises, fog, snow, spatter and
-the elastic transform draw from a counter-based stream of that key (``kernels.words`` / ``uniforms``: bit for
-bit the same on every device; the normals of snow and spatter go through the device's log and cosine); glass
-blur, motion blur and frost from a torch generator on the images' device, so their CPU and CUDA draws differ.
+only: batch size, batch order and the number of processes change nothing. The draws come from a counter-based
+stream of that key (``kernels.words`` / ``uniforms``), bit for bit the same on every device (the normals of snow
+and spatter go through the device's log and cosine, which may differ in the last bit).
 On the CPU most corruptions run as numba kernels (``kernels``, ``kernels_digital``) that the tests hold equal to
 the tensor code; the rest in pieces that fit the cache (each corruption says how large), several times faster
 than whole multi-megabyte batches.
@@ -21,7 +20,7 @@ from typing import Sequence
 import torch
 
 from . import blur, digital, noise, weather  # noqa: F401  (they fill the registry)
-from .base import REGISTRY, generators, keys
+from .base import REGISTRY, keys
 from . import kernels
 from .params import PARAM_SETS, TABLES, get_params
 
@@ -61,9 +60,7 @@ def draw(images: torch.Tensor, name: str, severity: int, *, seed: int, sample_id
     c = REGISTRY[name]
     if c.draw is None:
         return {}
-    if c.keyed:
-        return c.draw(keys(seed, name, severity, sample_ids).to(images.device), images, p, params)
-    return c.draw(generators(seed, name, severity, sample_ids, images.device), images, p, params)
+    return c.draw(keys(seed, name, severity, sample_ids).to(images.device), images, p, params)
 
 
 def apply(images: torch.Tensor, name: str, severity: int, draws: dict, *, params: str = "imagenet") -> torch.Tensor:

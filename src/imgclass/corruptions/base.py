@@ -1,8 +1,8 @@
-"""Shared machinery of the corruptions: the registry, per-image random generators, exact filters.
+"""Shared machinery of the corruptions: the registry, per-image keys, exact filters.
 
-Every corruption is an ``apply(x, p, **draws)`` on a uint8 batch (N, 3, H, W) plus, for the random ones, a
-``draw(gens, x, p)`` that makes the random variables from one generator per image. Keeping the two apart
-lets the tests feed the reference implementation the very same draws.
+Every corruption is an ``apply(x, p, pset, **draws)`` on a uint8 batch (N, 3, H, W) plus, for the random ones, a
+``draw(keys, x, p, pset)`` that makes the random variables from each image's key (``kernels.words``,
+``uniforms``). Keeping the two apart lets the tests feed the reference implementation the very same draws.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["Corruption", "REGISTRY", "register", "generators", "keys", "to_uint8", "to_uint8_255", "gaussian_kernel1d", "border_index",
+__all__ = ["Corruption", "REGISTRY", "register", "keys", "to_uint8", "to_uint8_255", "gaussian_kernel1d", "border_index",
            "filter_matrix", "separable_filter", "motion_blur", "motion_blur_tensor", "zoom_coords", "interp_matrix"]
 
 
@@ -28,8 +28,6 @@ class Corruption:
     # values (N*C*H*W) corrupted at a time on the CPU: pieces that stay in the cache are several times faster
     # than whole batches (fresh multi-megabyte temporaries page-fault); loop-heavy corruptions take more
     chunk: int = 1 << 20
-    # draws from the counter-based words (``kernels.words``) of per-image keys instead of torch generators
-    keyed: bool = False
     # the CPU kernel: fused(x, keys, p, pset) -> corrupted batch, the same values as apply(draw(...))
     fused: Callable[..., torch.Tensor] | None = None
 
@@ -37,10 +35,10 @@ class Corruption:
 REGISTRY: dict[str, Corruption] = {}
 
 
-def register(name: str, draw: Callable[..., dict] | None = None, *, chunk: int = 1 << 20, keyed: bool = False,
+def register(name: str, draw: Callable[..., dict] | None = None, *, chunk: int = 1 << 20,
              fused: Callable[..., torch.Tensor] | None = None):
     def deco(fn):
-        REGISTRY[name] = Corruption(name, fn, draw, chunk, keyed, fused)
+        REGISTRY[name] = Corruption(name, fn, draw, chunk, fused)
         return fn
 
     return deco
@@ -50,17 +48,6 @@ def _key(seed: int, name: str, severity: int, sample_id: str | int) -> int:
     tag = f"i:{sample_id}" if isinstance(sample_id, (int, np.integer)) else f"s:{sample_id}"
     h = hashlib.blake2b(f"{int(seed)}|{name}|{int(severity)}|{tag}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
-def generators(seed: int, name: str, severity: int, sample_ids: Sequence[str | int],
-               device: torch.device) -> list[torch.Generator]:
-    """One generator per image, seeded from (seed, corruption, severity, sample id) only."""
-    gens = []
-    for sid in sample_ids:
-        g = torch.Generator(device=device)
-        g.manual_seed(_key(seed, name, severity, sid))
-        gens.append(g)
-    return gens
 
 
 def keys(seed: int, name: str, severity: int, sample_ids: Sequence[str | int]) -> torch.Tensor:
@@ -73,10 +60,6 @@ def keys(seed: int, name: str, severity: int, sample_ids: Sequence[str | int]) -
         h.update((f"i:{sid}" if isinstance(sid, (int, np.integer)) else f"s:{sid}").encode())
         out.append(int.from_bytes(h.digest(), "little") & ((1 << 63) - 1))
     return torch.tensor(out, dtype=torch.int64)
-
-
-def stack_draws(gens: list[torch.Generator], fn: Callable[[torch.Generator], torch.Tensor]) -> torch.Tensor:
-    return torch.stack([fn(g) for g in gens])
 
 
 def to_uint8(y: torch.Tensor) -> torch.Tensor:

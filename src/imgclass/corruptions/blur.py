@@ -8,7 +8,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .base import (border_index, filter_matrix, gaussian_blur_uint8, interp_matrix, motion_blur, register, stack_draws,
+from . import kernels
+from .base import (border_index, filter_matrix, gaussian_blur_uint8, interp_matrix, motion_blur, register,
                    to_uint8, to_uint8_255, zoom_coords)
 
 
@@ -109,12 +110,13 @@ def defocus_blur(x: torch.Tensor, p: tuple, pset: str) -> torch.Tensor:
 # glass blur
 
 
-def _glass_draw(gens, x, p, pset):
+def _glass_draw(keys, x, p, pset):
+    """One (dy, dx) per visited pixel and iteration, uniform over [-d, d) each (the reference's randint)."""
     sigma, d, iters = p
-    h, w = x.shape[-2:]
+    n, _, h, w = x.shape
     lh, lw = max(h - 2 * d, 0), max(w - 2 * d, 0)
-    return {"offsets": stack_draws(gens, lambda g: torch.randint(-d, d, (iters, lh, lw, 2), generator=g,
-                                                                  device=x.device))}
+    u = kernels.uniforms(keys, iters * lh * lw * 2, x.device).view(n, iters, lh, lw, 2)
+    return {"offsets": (u * (2 * d)).to(torch.int64).clamp_max_(2 * d - 1) - d}
 
 
 def glass_sources(offsets: torch.Tensor, h: int, w: int, d: int) -> torch.Tensor:
@@ -171,8 +173,8 @@ def glass_blur(x: torch.Tensor, p: tuple, pset: str, *, offsets: torch.Tensor) -
 # motion blur
 
 
-def _angle_draw(gens, x, p, pset):
-    return {"u": stack_draws(gens, lambda g: torch.rand((), generator=g, device=x.device, dtype=torch.float64))}
+def _angle_draw(keys, x, p, pset):
+    return {"u": kernels.uniforms(keys, 1, x.device)[:, 0]}
 
 
 @register("motion_blur", draw=_angle_draw)

@@ -12,7 +12,7 @@ import torch
 
 from . import kernels
 from . import kernels_digital as kd
-from .base import gaussian_filter, register, stack_draws, to_uint8
+from .base import gaussian_filter, register, to_uint8
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:
@@ -142,7 +142,7 @@ def _elastic_fused(x, keys, p, pset):
     return kernels.elastic(x, keys, p, -h * 0.005, h * 0.005, ky, iy, kx, ix)
 
 
-@register("elastic_transform", draw=_elastic_draw, keyed=True, fused=_elastic_fused)
+@register("elastic_transform", draw=_elastic_draw, fused=_elastic_fused)
 def elastic_transform(x: torch.Tensor, p, pset: str, *, u: torch.Tensor,
                       affine: torch.Tensor | None = None) -> torch.Tensor:
     """imagecorruptions: smooth random displacements only; the CIFAR generator: a random affine warp

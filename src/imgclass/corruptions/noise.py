@@ -121,7 +121,7 @@ def _table_noise(name: str):
     def fused(x: torch.Tensor, keys_: torch.Tensor, p, pset: str) -> torch.Tensor:
         return kernels.sample_table(x, keys_, *level_table(name, p))
 
-    register(name, draw=_words, keyed=True, fused=fused)(apply_)
+    register(name, draw=_words, fused=fused)(apply_)
     return apply_
 
 
@@ -136,7 +136,7 @@ def _impulse_thresholds(p: float) -> tuple[int, int]:
     return int(round(p * 2.0 ** 32)), int(round(p / 2 * 2.0 ** 32))
 
 
-@register("impulse_noise", draw=_words, keyed=True,
+@register("impulse_noise", draw=_words,
           fused=lambda x, keys_, p, pset: kernels.impulse(x, keys_, *_impulse_thresholds(p)))
 def impulse_noise(x: torch.Tensor, p: float, pset: str, *, w: torch.Tensor) -> torch.Tensor:
     t_flip, t_salt = _impulse_thresholds(p)

@@ -61,7 +61,7 @@ def _zoom_taps(h: int, w: int, z: float, trim: bool, keep: tuple[int, int] | Non
     return _lerp_taps(cy, h), _lerp_taps(cx, w)
 
 
-@register("snow", draw=_snow_draw, keyed=True)
+@register("snow", draw=_snow_draw)
 def snow(x: torch.Tensor, p: tuple, pset: str, *, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     loc, scale, zoom, thresh, radius, sigma, blend = p
     n, c, h, w = x.shape
@@ -178,16 +178,16 @@ def _frost_resized(i: int, h: int, w: int, cifar: bool, device: str) -> torch.Te
     return torch.round(out).clamp(0, 255).to(torch.uint8).to(device)
 
 
-def _frost_draw(gens, x, p, pset):
+def _frost_draw(keys, x, p, pset):
+    """Texture (uniform over the five) and crop corner (uniform over the positions), as the reference's
+    randint calls, from three uniforms per image."""
     h, w = x.shape[-2:]
     idx, starts = [], []
-    for g in gens:
-        i = int(torch.randint(0, 5, (), generator=g, device=x.device))
+    for u in kernels.uniforms(keys, 3).tolist():
+        i = min(int(u[0] * 5), 4)
         fr = _frost_resized(i, h, w, pset == "cifar10", str(x.device))
-        y0 = int(torch.randint(0, fr.shape[1] - h, (), generator=g, device=x.device))
-        x0 = int(torch.randint(0, fr.shape[2] - w, (), generator=g, device=x.device))
         idx.append(i)
-        starts.append((y0, x0))
+        starts.append((int(u[1] * (fr.shape[1] - h)), int(u[2] * (fr.shape[2] - w))))
     return {"index": idx, "start": starts}
 
 
@@ -258,7 +258,7 @@ def _fog_fused(x, keys, p, pset):
     return kernels.fog(x, keys, _next_pow2(max(*x.shape[-2:], 3)), p[0], p[1])
 
 
-@register("fog", draw=_fog_draw, keyed=True, fused=_fog_fused)
+@register("fog", draw=_fog_draw, fused=_fog_fused)
 def fog(x: torch.Tensor, p: tuple, pset: str, *, u: list[torch.Tensor]) -> torch.Tensor:
     n, c, h, w = x.shape
     size = _next_pow2(max(h, w, 3))
@@ -309,7 +309,7 @@ def water_distance(lq8: torch.Tensor, *, opencv: bool | None = None) -> torch.Te
     return cvops.blur3x3_uint8(dist).to(torch.float32)
 
 
-@register("spatter", draw=_spatter_draw, keyed=True)
+@register("spatter", draw=_spatter_draw)
 def spatter(x: torch.Tensor, p: tuple, pset: str, *, z: torch.Tensor) -> torch.Tensor:
     loc, scale, sigma, thresh, intensity, mud = p
     xf = _float(x)
