@@ -134,15 +134,15 @@ if HAVE_NUMBA:
         return h & _LOW
 
     @njit(nogil=True, cache=True, inline="always")
-    def _pick(v, w, thr, alias):
-        j = np.int64(w >> np.uint64(24))
-        k = np.int64(v) * 256 + j
-        a = np.int64(alias[k])
-        keep = np.int64(np.int64(w & np.uint64(0xFFFFFF)) < thr[k])
-        return np.uint8(a + keep * (j - a))  # branch-free: the comparison is a coin flip
+    def _pick(v, w, table):
+        j = w >> np.uint64(24)
+        e = np.uint64(table[np.int64(v) * 256 + np.int64(j)])
+        keep = np.uint64((w & np.uint64(0xFFFFFF)) < (e >> np.uint64(8)))
+        a = e & np.uint64(255)
+        return np.uint8(a + keep * (j - a))  # branch-free (the comparison is a coin flip); j - a wraps, exact
 
     @njit(nogil=True, cache=True)
-    def _sample_table(lo, hi, x, out, keys, m, thr, alias):
+    def _sample_table(lo, hi, x, out, keys, m, table):
         """out[e] = outcome of input level x[e] drawn by the alias table from word e % m of image e // m."""
         img = lo // m
         while img * m < hi:
@@ -151,15 +151,15 @@ if HAVE_NUMBA:
             i = max(lo, base) - base
             end = min(hi, base + m) - base
             if i & 1 and i < end:  # odd start: the high half alone
-                out[base + i] = _pick(x[base + i], _word(key, i), thr, alias)
+                out[base + i] = _pick(x[base + i], _word(key, i), table)
                 i += 1
             while i + 1 < end:  # both halves of one hash
                 h = _mix(key + (np.uint64(i >> 1) + _ONE) * _G)
-                out[base + i] = _pick(x[base + i], h & _LOW, thr, alias)
-                out[base + i + 1] = _pick(x[base + i + 1], h >> np.uint64(32), thr, alias)
+                out[base + i] = _pick(x[base + i], h & _LOW, table)
+                out[base + i + 1] = _pick(x[base + i + 1], h >> np.uint64(32), table)
                 i += 2
             if i < end:
-                out[base + i] = _pick(x[base + i], _word(key, i), thr, alias)
+                out[base + i] = _pick(x[base + i], _word(key, i), table)
             img += 1
 
     @njit(nogil=True, cache=True)
@@ -593,12 +593,12 @@ def _flat(x: torch.Tensor) -> np.ndarray:
     return x.contiguous().numpy().reshape(-1)
 
 
-def sample_table(x: torch.Tensor, keys: torch.Tensor, thr: np.ndarray, alias: np.ndarray) -> torch.Tensor:
-    """CPU kernel: every value of the uint8 batch replaced by a draw from its level's row of an alias table."""
+def sample_table(x: torch.Tensor, keys: torch.Tensor, table: np.ndarray) -> torch.Tensor:
+    """CPU kernel: every value of the uint8 batch replaced by a draw from its level's row of an alias table
+    (``noise.packed_table``: threshold << 8 | alias per column)."""
     out = torch.empty_like(x)
     m = x[0].numel()
-    run_split(_sample_table, x.numel(), _flat(x), out.numpy().reshape(-1), keys.numpy().view(np.uint64), m,
-              thr, alias)
+    run_split(_sample_table, x.numel(), _flat(x), out.numpy().reshape(-1), keys.numpy().view(np.uint64), m, table)
     return out
 
 

@@ -41,12 +41,17 @@ def _alias_rows(prob: np.ndarray, thr: np.ndarray, alias: np.ndarray) -> None:
 
 
 def alias_table(prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(thr int32, alias uint8), each (256 * 256,), of a (256, 256) table of P(output level | input level)."""
+    """(thr int32, alias uint8), each (256 * 256,), of a (256, 256) table of P(output level | input level).
+
+    Thresholds stop at 2**24 - 1, so a column fits 32 bits with its alias (the kernel reads one word): a full
+    column is its own alias, and a column kept with probability above 1 - 2**-25 loses 2**-24 of it (2**-32
+    of its row's mass)."""
     prob = np.asarray(prob, dtype=np.float64)
     prob = prob / prob.sum(1, keepdims=True)
     thr = np.empty(prob.shape, dtype=np.int32)
     alias = np.empty(prob.shape, dtype=np.uint8)
     _alias_rows(prob, thr, alias)
+    np.minimum(thr, (1 << 24) - 1, out=thr)
     return thr.reshape(-1), alias.reshape(-1)
 
 
@@ -100,6 +105,13 @@ def level_table(name: str, p: float) -> tuple[np.ndarray, np.ndarray]:
     return alias_table(prob)
 
 
+@lru_cache(maxsize=64)
+def packed_table(name: str, p: float) -> np.ndarray:
+    """``level_table`` as one uint32 per column: threshold << 8 | alias."""
+    thr, alias = level_table(name, p)
+    return (thr.astype(np.uint32) << np.uint32(8)) | alias.astype(np.uint32)
+
+
 def table_apply(x: torch.Tensor, w: torch.Tensor, table: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
     """The tensor twin of ``kernels.sample_table``: outcome of each value's level drawn by its word."""
     thr = torch.as_tensor(table[0], device=x.device).to(torch.int64)
@@ -119,7 +131,7 @@ def _table_noise(name: str):
         return table_apply(x, w, level_table(name, p))
 
     def fused(x: torch.Tensor, keys_: torch.Tensor, p, pset: str) -> torch.Tensor:
-        return kernels.sample_table(x, keys_, *level_table(name, p))
+        return kernels.sample_table(x, keys_, packed_table(name, p))
 
     register(name, draw=_words, fused=fused)(apply_)
     return apply_

@@ -294,13 +294,17 @@ def water_distance(lq8: torch.Tensor, *, opencv: bool | None = None) -> torch.Te
         import cv2
 
         ker = np.array(_DROP_KERNEL)
-        out = []
-        for a in lq8.cpu().numpy():
-            d = cv2.distanceTransform(255 - cv2.Canny(a, 50, 150), cv2.DIST_L2, 5)
-            d = cv2.blur(np.minimum(d, np.float32(20)), (3, 3)).astype(np.uint8)
-            d = cv2.blur(cv2.filter2D(cv2.equalizeHist(d), cv2.CV_8U, ker), (3, 3))
-            out.append(d.astype(np.float32))
-        return torch.from_numpy(np.stack(out)).to(lq8.device)
+        src = lq8.cpu().numpy()
+        out = np.empty(src.shape, dtype=np.float32)
+
+        def run(lo: int, hi: int) -> None:  # OpenCV releases the GIL: images in torch's threads
+            for i in range(lo, hi):
+                d = cv2.distanceTransform(255 - cv2.Canny(src[i], 50, 150), cv2.DIST_L2, 5)
+                d = cv2.blur(np.minimum(d, np.float32(20)), (3, 3)).astype(np.uint8)
+                out[i] = cv2.blur(cv2.filter2D(cv2.equalizeHist(d), cv2.CV_8U, ker), (3, 3))
+
+        kernels.run_split(run, len(src), align=1, min_part=1)
+        return torch.from_numpy(out).to(lq8.device)
     dist = 255 - cvops.canny(lq8, 50, 150).to(torch.uint8) * 255
     dist = cvops.distance_transform_l2_5x5(dist).clamp_max(20)
     dist = cvops.blur3x3_float(dist).to(torch.uint8)
