@@ -549,23 +549,25 @@ def snow_compose(x: torch.Tensor, layer: torch.Tensor, blend: float) -> torch.Te
 if HAVE_NUMBA:
     @njit(nogil=True, cache=True)
     def to_hwc(x, out):
-        """(C, H, W) planes -> (H, W, C) interleaved pixels (torch's strided copy of uint8 is ~20x slower)."""
-        c, h, w = x.shape
-        o = out.reshape(-1)
-        for ch in range(c):
-            plane = x[ch].reshape(-1)
-            for p in range(h * w):
-                o[p * c + ch] = plane[p]
+        """(N, C, H, W) planes -> (N, H, W, C) interleaved pixels (torch's strided uint8 copy is ~20x slower)."""
+        n, c, h, w = x.shape
+        for i in range(n):
+            o = out[i].reshape(-1)
+            for ch in range(c):
+                plane = x[i, ch].reshape(-1)
+                for p in range(h * w):
+                    o[p * c + ch] = plane[p]
 
     @njit(nogil=True, cache=True)
     def to_chw(x, out):
-        """(H, W, C) interleaved pixels -> (C, H, W) planes."""
-        h, w, c = x.shape
-        src = x.reshape(-1)
-        for ch in range(c):
-            plane = out[ch].reshape(-1)
-            for p in range(h * w):
-                plane[p] = src[p * c + ch]
+        """(N, H, W, C) interleaved pixels -> (N, C, H, W) planes."""
+        n, h, w, c = x.shape
+        for i in range(n):
+            src = x[i].reshape(-1)
+            for ch in range(c):
+                plane = out[i, ch].reshape(-1)
+                for p in range(h * w):
+                    plane[p] = src[p * c + ch]
 
 
 def motion_blur(x: torch.Tensor, taps: list[list[tuple[int, int, float]]], crop: tuple[int, int] | None = None
