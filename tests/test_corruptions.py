@@ -99,6 +99,18 @@ def test_cpu_kernels_equal_the_tensor_path(monkeypatch):
         torch.set_num_threads(threads)
 
 
+def test_corrupt_called_from_the_kernels_own_thread_pool_neither_deadlocks_nor_changes():
+    """Invariant: corrupt() run inside a thread of the pool its kernels use (one worker) gives the same images as
+    from the main thread, in time (it runs serially there instead of waiting on the pool)."""
+    from imgclass.corruptions.digital import pool
+
+    x = torch.randint(0, 256, (4, 3, 224, 224), generator=torch.Generator().manual_seed(8), dtype=torch.uint8)
+    for name in ("gaussian_noise", "jpeg_compression", "spatter"):
+        here = corrupt(x, name, 2, seed=1, sample_ids=list(range(4)))
+        there = pool(1).submit(corrupt, x, name, 2, seed=1, sample_ids=list(range(4))).result(timeout=120)
+        assert torch.equal(here, there), name
+
+
 def test_motion_blur_kernel_equals_its_tensor_twin():
     """Invariant: the CPU kernel of the motion blur (motion_blur and snow) equals the tensor code bit for bit, for
     walks that stay inside the image and walks that leave it (8 px high images, radius 20), one thread or two; the

@@ -14,6 +14,8 @@ any image is drawn without the others, on any device, bit for bit the same.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -101,6 +103,8 @@ def run_split(fn, total: int, *args, align: int = 2, min_part: int | None = None
 
     min_part = _min_part(3.0) if min_part is None else min_part  # default: units of ~3 ns (a value of a noise)
     parts = max(1, min(torch.get_num_threads(), total // max(1, min_part)))
+    if threading.current_thread().name.startswith("imgclass-corrupt"):
+        parts = 1  # already in a pool thread: waiting on the pool from inside it could deadlock
     if parts == 1:
         fn(0, total, *args)
         return
