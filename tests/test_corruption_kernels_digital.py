@@ -77,7 +77,7 @@ def test_kernel_result_does_not_depend_on_how_the_work_splits(name, monkeypatch)
                 whole = _kernel(x, name, 3, params)
                 assert torch.equal(whole, apply(x, name, 3, {}, params=params)), (shape, params)
                 with monkeypatch.context() as m:
-                    m.setattr(kernels_digital, "_PART_NS", 1_000)  # parts of a few pixels, planes or rows
+                    m.setattr(kernels, "_PART_NS", 1_000)  # parts of a few pixels, planes or rows
                     for n_threads in (2, 3):
                         torch.set_num_threads(n_threads)
                         assert torch.equal(_kernel(x, name, 3, params), whole), (shape, params, n_threads)

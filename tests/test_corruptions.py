@@ -68,7 +68,7 @@ def test_cpu_kernels_equal_the_tensor_path(monkeypatch):
     parts of a few microseconds' work, which cut images and rows at odd positions): bit for bit, but for the
     Gaussian filters' users, whose direct correlation and filter matrices agree to rounding (within 1 level, and
     on all but a few values in 10,000)."""
-    from imgclass.corruptions import kernels, kernels_digital
+    from imgclass.corruptions import kernels
 
     filtered = {"gaussian_blur", "glass_blur", "spatter", "elastic_transform"}
     g = torch.Generator().manual_seed(3)
@@ -81,7 +81,6 @@ def test_cpu_kernels_equal_the_tensor_path(monkeypatch):
                 torch.set_num_threads(n_threads)
                 if part_ns:
                     monkeypatch.setattr(kernels, "_PART_NS", part_ns)
-                    monkeypatch.setattr(kernels_digital, "_PART_NS", part_ns)
                 for name in CORRUPTIONS:
                     for params, s in (("imagenet", 2), ("cifar10", 5)):
                         assert kernels.HAVE_NUMBA
@@ -102,7 +101,7 @@ def test_cpu_kernels_equal_the_tensor_path(monkeypatch):
 def test_corrupt_called_from_the_kernels_own_thread_pool_neither_deadlocks_nor_changes():
     """Invariant: corrupt() run inside a thread of the pool its kernels use (one worker) gives the same images as
     from the main thread, in time (it runs serially there instead of waiting on the pool)."""
-    from imgclass.corruptions.digital import pool
+    from imgclass.corruptions.kernels import pool
 
     x = torch.randint(0, 256, (4, 3, 224, 224), generator=torch.Generator().manual_seed(8), dtype=torch.uint8)
     for name in ("gaussian_noise", "jpeg_compression", "spatter"):

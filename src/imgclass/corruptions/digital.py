@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 from . import kernels
 from . import kernels_digital as kd
 from .base import gaussian_filter, register, to_uint8
+from .kernels import pool
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:
@@ -290,16 +290,6 @@ def pixelate(x: torch.Tensor, p: float, pset: str) -> torch.Tensor:
     return small.index_select(-2, iy).index_select(-1, ix)
 
 
-_POOL: dict[int, ThreadPoolExecutor] = {}  # by number of workers
-
-
-def pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool for per-image work in threads (Pillow's and torchvision's codecs release the GIL)."""
-    if workers not in _POOL:
-        _POOL[workers] = ThreadPoolExecutor(workers, thread_name_prefix="imgclass-corrupt")
-    return _POOL[workers]
-
-
 def pillow_map(fn, x: torch.Tensor) -> torch.Tensor:
     """``fn`` (a PIL RGB image to another) over a uint8 (N, 3, H, W) batch, images in threads (Pillow and libjpeg
     release the GIL), as many as torch's intra-op threads. Pillow interleaves the channel planes (``merge``):
@@ -348,30 +338,20 @@ def jpeg_compression(x: torch.Tensor, p: int, pset: str) -> torch.Tensor:
         return pillow_map(lambda a: _jpeg_one(a, p), x)
 
     src = x.cpu().contiguous()
-    if kernels.HAVE_NUMBA:  # interleave and de-interleave by numba loops: torch's strided uint8 copies cost as
-        # much as the codec here (torchvision's encoder transposes CHW input itself)
-        out = torch.empty_like(src)
+    out = torch.empty_like(src)
 
-        def run(lo: int, hi: int) -> None:
-            hwc = np.empty((hi - lo, *src.shape[2:], src.shape[1]), dtype=np.uint8)
-            kernels.to_hwc(src[lo:hi].numpy(), hwc)
-            views = list(torch.from_numpy(hwc).permute(0, 3, 1, 2))  # CHW views of HWC memory: no copy
-            dec = decode_jpeg(encode_jpeg(views, quality=int(p)))
-            kernels.to_chw(np.stack([d.permute(1, 2, 0).numpy() for d in dec]), out[lo:hi].numpy())
+    def run(lo: int, hi: int) -> None:
+        if not kernels.HAVE_NUMBA:
+            out[lo:hi] = torch.stack(decode_jpeg(encode_jpeg(list(src[lo:hi]), quality=int(p))))
+            return
+        # interleave and de-interleave by numba loops: torch's strided uint8 copies cost as much as the codec
+        # here (torchvision's encoder transposes CHW input itself)
+        hwc = np.empty((hi - lo, *src.shape[2:], src.shape[1]), dtype=np.uint8)
+        kernels.to_hwc(src[lo:hi].numpy(), hwc)
+        views = list(torch.from_numpy(hwc).permute(0, 3, 1, 2))  # CHW views of HWC memory: no copy
+        dec = decode_jpeg(encode_jpeg(views, quality=int(p)))
+        kernels.to_chw(np.stack([d.permute(1, 2, 0).numpy() for d in dec]), out[lo:hi].numpy())
 
-        # parts of at least ~1 ms of codec work: below that, the per-image calls contend for the GIL
-        kernels.run_split(run, len(src), align=1, min_part=max(1, -(-25_000 // src[0].numel())))
-        return out.to(x.device)
-
-    def run_list(part: list[torch.Tensor]) -> list[torch.Tensor]:
-        return decode_jpeg(encode_jpeg(part, quality=int(p)))
-
-    images = list(src)
-    parts = max(1, min(len(images), torch.get_num_threads()))
-    if parts == 1:
-        out = run_list(images)
-    else:
-        step = -(-len(images) // parts)
-        out = [im for chunk in pool(parts).map(run_list, [images[i:i + step] for i in range(0, len(images), step)])
-               for im in chunk]
-    return torch.stack(out).to(x.device)
+    # parts of at least ~1 ms of codec work: below that, the per-image calls contend for the GIL
+    kernels.run_split(run, len(src), align=1, min_part=max(1, -(-25_000 // src[0].numel())))
+    return out.to(x.device)

@@ -15,6 +15,7 @@ any image is drawn without the others, on any device, bit for bit the same.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ GAMMA = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
 
-__all__ = ["HAVE_NUMBA", "GAMMA", "words", "run_split", "sample_table", "impulse", "motion_blur", "uniforms", "normals", "box_muller", "fog", "elastic", "separable", "separable_u8", "snow_layer", "snow_compose"]
+__all__ = ["HAVE_NUMBA", "GAMMA", "words", "pool", "run_split", "sample_table", "impulse", "motion_blur", "uniforms", "normals", "box_muller", "fog", "elastic", "separable", "separable_u8", "snow_layer", "snow_compose"]
 
 
 def _signed(c: int) -> int:
@@ -42,18 +43,20 @@ def _lshr(z: torch.Tensor, s: int) -> torch.Tensor:
     return (z >> s) & ((1 << (64 - s)) - 1)
 
 
-def words(keys: torch.Tensor, n: int, device=None) -> torch.Tensor:
-    """The first ``n`` random words (0 .. 2**32 - 1, int64) of each key: (len(keys), n). The tensor twin of the
-    kernels' generator (int64 arithmetic wraps modulo 2**64 on every device torch has)."""
-    keys = keys.to(device=device, dtype=torch.int64)
-    half = (n + 1) // 2
-    ctr = torch.arange(1, half + 1, device=keys.device, dtype=torch.int64)
-    z = keys[:, None] + ctr[None, :] * _signed(GAMMA)
+def _hashes(keys: torch.Tensor, count: int) -> torch.Tensor:
+    """``mix64(key + i * GAMMA)`` for i = 1 .. count, int64 (arithmetic wraps modulo 2**64 on every device torch
+    has): the tensor twin of the kernels' generator."""
+    z = keys[:, None] + torch.arange(1, count + 1, device=keys.device, dtype=torch.int64)[None, :] * _signed(GAMMA)
     z = (z ^ _lshr(z, 30)) * _signed(_M1)
     z = (z ^ _lshr(z, 27)) * _signed(_M2)
-    z = z ^ _lshr(z, 31)
-    out = torch.stack([z & 0xFFFFFFFF, _lshr(z, 32)], -1).reshape(len(keys), 2 * half)
-    return out[:, :n]
+    return z ^ _lshr(z, 31)
+
+
+def words(keys: torch.Tensor, n: int, device=None) -> torch.Tensor:
+    """The first ``n`` random words (0 .. 2**32 - 1, int64) of each key: (len(keys), n), two per hash."""
+    keys = keys.to(device=device, dtype=torch.int64)
+    z = _hashes(keys, (n + 1) // 2)
+    return torch.stack([z & 0xFFFFFFFF, _lshr(z, 32)], -1).reshape(len(keys), -1)[:, :n]
 
 
 def uniforms(keys: torch.Tensor, n: int, device=None) -> torch.Tensor:
@@ -66,11 +69,7 @@ def uniforms(keys: torch.Tensor, n: int, device=None) -> torch.Tensor:
         run_split(_uniforms, len(keys) * n, out.numpy().reshape(-1), keys.numpy().view(np.uint64), n, align=1,
                   min_part=_min_part(1.5))
         return out
-    z = keys[:, None] + torch.arange(1, n + 1, device=keys.device, dtype=torch.int64)[None, :] * _signed(GAMMA)
-    z = (z ^ _lshr(z, 30)) * _signed(_M1)
-    z = (z ^ _lshr(z, 27)) * _signed(_M2)
-    z = z ^ _lshr(z, 31)
-    return _lshr(z, 11).to(torch.float64) * 2.0 ** -53
+    return _lshr(_hashes(keys, n), 11).to(torch.float64) * 2.0 ** -53
 
 
 def normals(keys: torch.Tensor, n: int, device=None) -> torch.Tensor:
@@ -96,11 +95,19 @@ def _min_part(unit_ns: float) -> int:
     return max(1, int(_PART_NS / max(unit_ns, 1e-3)))
 
 
+_POOL: dict[int, ThreadPoolExecutor] = {}  # by number of workers
+
+
+def pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool for kernels and per-image codec calls in threads (they release the GIL)."""
+    if workers not in _POOL:
+        _POOL[workers] = ThreadPoolExecutor(workers, thread_name_prefix="imgclass-corrupt")
+    return _POOL[workers]
+
+
 def run_split(fn, total: int, *args, align: int = 2, min_part: int | None = None) -> None:
     """Call ``fn(lo, hi, *args)`` over [0, total) in as many parts as torch has threads, the first in the calling
     thread, the others in the thread pool (the kernels release the GIL); parts start at multiples of ``align``."""
-    from .digital import pool
-
     min_part = _min_part(3.0) if min_part is None else min_part  # default: units of ~3 ns (a value of a noise)
     parts = max(1, min(torch.get_num_threads(), total // max(1, min_part)))
     if threading.current_thread().name.startswith("imgclass-corrupt"):

@@ -14,8 +14,8 @@ hold them equal):
   (imagecorruptions) or a BOX enlargement back (the CIFAR-10-C generator: at most one input per output, a copy),
   both an index per output row and column.
 
-The work is split by position (pixels, channel planes or output rows) into parts of at least ``_PART_NS`` of
-work, so the result never depends on the number of threads. A kernel returns None where its arithmetic would
+The work is split by position (pixels, channel planes or output rows) into parts of at least ``kernels._PART_NS``
+of work, so the result never depends on the number of threads. A kernel returns None where its arithmetic would
 not hold (images over 2**22 pixels for contrast, reductions by more than 128 for pixelate): ``corrupt`` then
 runs the tensor code.
 """
@@ -28,7 +28,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .kernels import HAVE_NUMBA, run_split
+from .kernels import HAVE_NUMBA, _flat, _min_part, run_split
 
 __all__ = ["HAVE_NUMBA", "hsv_adjust", "contrast", "pixelate"]
 
@@ -229,20 +229,6 @@ if HAVE_NUMBA:
             u += y1 - y0
             p += 1
             y0 = 0
-
-
-# Work (in ns of one core) below which a part is not worth a thread: handing a part to the pool and waiting for
-# it costs ~0.1-0.25 ms on a virtual machine whose idle cores sleep (a few tens of microseconds elsewhere).
-_PART_NS = 300_000
-
-
-def _min_part(unit_ns: float) -> int:
-    """``run_split``'s min_part for a kernel whose units (pixels, planes, rows) take ``unit_ns`` each."""
-    return max(1, int(_PART_NS / unit_ns))
-
-
-def _flat(x: torch.Tensor) -> np.ndarray:
-    return x.contiguous().numpy().reshape(-1)
 
 
 def hsv_adjust(x: torch.Tensor, *, s_mul: float = 1.0, s_add: float = 0.0, v_add: float = 0.0) -> torch.Tensor:
