@@ -3,6 +3,7 @@ the ``corruptions`` probe. The comparisons with imagecorruptions are in test_cor
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -47,7 +48,7 @@ def test_same_seed_gives_identical_images_at_batch_size_1_and_64_in_any_order(na
         assert full.dtype == torch.uint8 and full.shape == x.shape
 
 
-def test_cpu_pieces_change_nothing(monkeypatch):
+def test_cpu_pieces_change_nothing():
     """Invariant: corrupt() works through CPU batches in cache-sized pieces; pieces of 5 images (not a divisor of 16)
     give the same images as one draw and apply over the whole batch."""
     import dataclasses
@@ -58,8 +59,8 @@ def test_cpu_pieces_change_nothing(monkeypatch):
     ids = [f"s{i}" for i in range(16)]
     for name in CORRUPTIONS:
         whole = apply(x, name, 4, draw(x, name, 4, seed=2, sample_ids=ids))
-        monkeypatch.setitem(base.REGISTRY, name, dataclasses.replace(base.REGISTRY[name], chunk=5 * x[0].numel()))
-        assert torch.equal(corrupt(x, name, 4, seed=2, sample_ids=ids), whole), name
+        with base.REGISTRY.override(name, dataclasses.replace(base.REGISTRY[name], chunk=5 * x[0].numel())):
+            assert torch.equal(corrupt(x, name, 4, seed=2, sample_ids=ids), whole), name
 
 
 def test_cpu_kernels_equal_the_tensor_path(monkeypatch):
@@ -253,10 +254,11 @@ def test_frost_without_the_textures_names_the_package_and_the_mirror(monkeypatch
     _without_imagecorruptions(monkeypatch)
     monkeypatch.setenv("IMGCLASS_MIRROR", str(tmp_path / "empty-mirror"))
     monkeypatch.setenv("IMGCLASS_HOME", str(tmp_path / "home"))
-    for i in range(1, 6):  # no download either
-        monkeypatch.setitem(ASSETS, f"frost-{i}", dataclasses.replace(ASSETS[f"frost-{i}"], url=None))
-    with pytest.raises(RuntimeError, match="pip install imagecorruptions.*IMGCLASS_MIRROR"):
-        corrupt(_images(1), "frost", 1, seed=0, sample_ids=[0])
+    with contextlib.ExitStack() as stack:
+        for i in range(1, 6):  # no download either
+            stack.enter_context(ASSETS.override(f"frost-{i}", dataclasses.replace(ASSETS[f"frost-{i}"], url=None)))
+        with pytest.raises(RuntimeError, match="pip install imagecorruptions.*IMGCLASS_MIRROR"):
+            corrupt(_images(1), "frost", 1, seed=0, sample_ids=[0])
 
 
 def test_frost_textures_from_the_asset_layer_equal_the_package_ones(monkeypatch, tmp_path, fresh_frost):

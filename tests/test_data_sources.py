@@ -16,6 +16,7 @@ from PIL import Image
 
 from imgclass.data import DATASET_SOURCES, ZOO_DATASETS, load_dataset
 from imgclass.data.sources import DatasetSourceError
+from imgclass.errors import UnknownNameError
 from imgclass.specs import SpecError
 
 from conftest import mirror_file, unavailable
@@ -282,7 +283,7 @@ def test_unknown_schemes_and_splits_list_the_known():
         load_dataset("s3:bucket/x")
     for scheme in DATASET_SOURCES:
         assert scheme in str(e.value)
-    with pytest.raises(SpecError, match="known: .*cifar10-jpeg"):
+    with pytest.raises(UnknownNameError, match="known zoo datasets: .*cifar10-jpeg"):
         load_dataset("zoo:nope")
     with pytest.raises(SpecError, match="splits"):
         load_dataset("zoo:cifar10-jpeg:validation")

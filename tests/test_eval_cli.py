@@ -119,7 +119,7 @@ def test_readme_main_command_runs_as_written(tmp_path):
 
 def test_set_parses_literals_and_shell_booleans():
     """Invariant: ``--set`` values are Python literals, with true/false (any case) as booleans, not strings."""
-    from imgclass.cli import _parse_sets
+    from imgclass.settings import parse_sets as _parse_sets
 
     got = _parse_sets(["adversarial.fast=false", "adversarial.per_sample=True", "calibration.n_bins=20",
                        "adversarial.eps=2/255", "tta.views=FALSE"])

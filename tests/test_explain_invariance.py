@@ -88,7 +88,7 @@ def test_targets_by_name_and_single_int(resnet20, images):
 
 
 def test_errors_name_the_problem(resnet20, images):
-    with pytest.raises(KeyError, match="known methods"):
+    with pytest.raises(KeyError, match="known explanation methods"):
         explain(resnet20, images, method="nope")
     with pytest.raises(TypeError, match="has no parameter.*steps"):
         explain(resnet20, images, method="gradcam", steps=3)

@@ -13,6 +13,7 @@ from imgclass import evaluate, load_model
 from imgclass.data.labels import imagenet_space
 from imgclass.models import MODEL_SOURCES, ZOO_MODELS, ModelLoadError
 from imgclass.models.checkpoint import CheckpointError, UnsafeCheckpointError, save_checkpoint
+from imgclass.errors import UnknownNameError
 from imgclass.specs import SpecError
 
 from conftest import MIRROR, mirror_file
@@ -198,7 +199,7 @@ def test_unknown_model_scheme_and_options():
     assert all(s in str(e.value) for s in MODEL_SOURCES)
     with pytest.raises(SpecError, match="unknown option"):
         load_model("timm:resnet18?pretrained=false&colour=red")
-    with pytest.raises(SpecError, match="known: .*cifar10-resnet20"):
+    with pytest.raises(UnknownNameError, match="known zoo models: .*cifar10-resnet20"):
         load_model("zoo:resnet9000")
 
 

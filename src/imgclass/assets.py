@@ -22,6 +22,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import ImgclassError
+from .files import umask
+from .registry import Registry
+
 __all__ = [
     "Asset",
     "AssetError",
@@ -40,7 +44,7 @@ MIRROR_ENV = "IMGCLASS_MIRROR"
 HOME_ENV = "IMGCLASS_HOME"
 
 
-class AssetError(RuntimeError):
+class AssetError(ImgclassError, RuntimeError):
     """Base class for asset resolution problems."""
 
 
@@ -72,22 +76,18 @@ class Asset:
     size: int | None = None
 
 
-ASSETS: dict[str, Asset] = {}
+ASSETS: Registry[Asset] = Registry("asset")
 
 
 def register_asset(asset: Asset) -> Asset:
-    if asset.name in ASSETS:
-        raise ValueError(f"asset {asset.name!r} is registered twice")
-    ASSETS[asset.name] = asset
-    return asset
+    return ASSETS.register(asset.name, asset)
 
 
 def get_asset(name: str) -> Asset:
     try:
         return ASSETS[name]
-    except KeyError:
-        known = ", ".join(sorted(ASSETS))
-        raise AssetError(f"unknown asset {name!r}; known assets: {known}") from None
+    except KeyError as e:
+        raise AssetError(str(e)) from None
 
 
 def home_dir() -> Path:
@@ -187,6 +187,7 @@ def _download(asset: Asset, dest: Path, *, progress: bool) -> None:
     assert asset.url is not None
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    os.fchmod(fd, 0o666 & ~umask())
     try:
         req = urllib.request.Request(asset.url, headers={"User-Agent": "imgclass"})
         with urllib.request.urlopen(req, timeout=30) as r, os.fdopen(fd, "wb") as f:

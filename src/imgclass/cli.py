@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import ast
+import os
 import sys
 from pathlib import Path
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-
-
-def _parse_sets(items: list[str]) -> dict[str, dict]:
-    """``--set calibration.n_bins=20`` -> {'calibration': {'n_bins': 20}} (values parsed as Python literals; true/false as booleans)."""
-    out: dict[str, dict] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        probe, dot, param = key.partition(".")
-        if not sep or not dot:
-            raise ValueError(f"--set {item!r}: expected PROBE.PARAM=VALUE")
-        if raw.strip().lower() in {"true", "false"}:  # shell-friendly booleans beside Python's True/False
-            value = raw.strip().lower() == "true"
-        else:
-            try:
-                value = ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                value = raw
-        out.setdefault(probe, {})[param] = value
-    return out
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _probe_flag_params(args, probes: list[str]) -> dict[str, dict]:
@@ -37,7 +18,7 @@ def _probe_flag_params(args, probes: list[str]) -> dict[str, dict]:
 
     out: dict[str, dict] = {}
     for name in probes:
-        for f in getattr(PROBES.get(name), "cli_flags", ()):
+        for f in PROBES[name].cli_flags:
             raw = getattr(args, _flag_dest(f.flag), None)
             if raw is not None:
                 out.setdefault(name, {})[f.param] = f.parse(raw)
@@ -50,10 +31,11 @@ def _flag_dest(flag: str) -> str:
 
 def _cmd_eval(args) -> int:
     from .evaluate import evaluate
+    from .settings import parse_sets
 
     probes = [p.strip() for p in args.probes.split(",") if p.strip()]
     params = _probe_flag_params(args, probes)
-    for probe, kv in _parse_sets(args.set).items():
+    for probe, kv in parse_sets(args.set, form="PROBE.PARAM=VALUE").items():
         params.setdefault(probe, {}).update(kv)
     results = evaluate(
         args.model, args.data, probes=probes, probe_params=params, out=args.out,
@@ -69,8 +51,6 @@ def _cmd_eval(args) -> int:
 
 
 def _is_main() -> bool:
-    import os
-
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -133,9 +113,19 @@ def _cmd_probes(args) -> int:
 
     from .probes import PROBES
 
+    def shown(f: dataclasses.Field) -> str:
+        if f.default is not dataclasses.MISSING:
+            return f"{f.name}={f.default!r}"
+        if f.default_factory is not dataclasses.MISSING:
+            return f"{f.name}={f.default_factory()!r}"
+        return f"{f.name} (required)"
+
     for name, cls in sorted(PROBES.items()):
-        params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Params))
+        params = ", ".join(shown(f) for f in dataclasses.fields(cls.Params))
+        flags = ", ".join(f"{f.flag} ({f.param})" for f in cls.cli_flags)
         print(f"{name:<14} {cls.description}\n{'':<14} parameters (--set {name}.PARAM=VALUE): {params or 'none'}")
+        if flags:
+            print(f"{'':<14} eval flags: {flags}")
     return EXIT_OK
 
 
@@ -190,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--on-error", choices=["skip", "fail"], default="skip",
                    help="unreadable images: skip and list them (default) or stop with an error")
-    e.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+    e.add_argument("--amp", action="store_true",
+                   help="mixed precision: float16 autocast on CUDA, bfloat16 on CPUs with native bfloat16 support")
     e.add_argument("--set", action="append", default=[], metavar="PROBE.PARAM=VALUE", help="probe parameter")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=_cmd_eval)
@@ -202,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
         if flags:
             g = e.add_argument_group(f"probe {name}")
             for f in flags:
-                g.add_argument(f.flag, dest=_flag_dest(f.flag), default=None, help=f.help)
+                g.add_argument(f.flag, dest=_flag_dest(f.flag), default=None, help=f.help,
+                               metavar=f.param.upper())
                 seen.add(f.flag)
 
     sub.add_parser("models", help="list model sources and registered models").set_defaults(func=_cmd_models)
@@ -222,37 +214,65 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .assets import AssetError
-    from .data import DatasetSourceError
-    from .data.labels import LabelAlignmentError
-    from .engine import BadImageError
-    from .models import ModelLoadError
-    from .models.checkpoint import CheckpointError
-    from .specs import SpecError
+def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` before or after the subcommand: tracebacks behind one-line errors."""
+    for action in parser._actions:  # argparse keeps its subparsers here; no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in action.choices.values():
+                sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                help="show the traceback behind an error")
 
-    args = build_parser().parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a command; errors print as one line: exit 2 for usage errors, 1 for data and run errors,
+    130 when interrupted. ``--debug`` (or IMGCLASS_DEBUG=1) adds the traceback."""
+    from .engine import BadImageError
+    from .errors import ImgclassError, UsageError
+
+    parser = build_parser()
+    parser.add_argument("--debug", action="store_true", help="show the traceback behind an error")
+    _add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False) or os.environ.get("IMGCLASS_DEBUG"))
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        _traceback(debug)
+        print(getattr(args, "interrupt_message", "interrupted"), file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BadImageError as e:
+        _traceback(debug)
         print(f"error: unreadable image {e.path}: {e.reason} (run with --on-error skip to list and skip such files)",
               file=sys.stderr)
         return EXIT_ERROR
-    except (AssetError, DatasetSourceError, LabelAlignmentError, ModelLoadError, CheckpointError, OSError) as e:
-        _debug()
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except (SpecError, KeyError, ValueError, TypeError) as e:
-        _debug()
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
+    except UsageError as e:
+        _traceback(debug)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
+    except (ImgclassError, OSError) as e:
+        _traceback(debug)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:  # noqa: BLE001 - anything else is a bug: say so in one line
+        import torch
+
+        _traceback(debug)
+        if isinstance(e, torch.OutOfMemoryError):
+            print(f"error: out of memory on the device ({_one_line(e)[:200]}); lower --batch-size", file=sys.stderr)
+            return EXIT_ERROR
+        hint = "" if debug else "; rerun with --debug for the traceback"
+        print(f"error: internal error, {type(e).__name__}: {_one_line(e)} (a bug in imgclass{hint})", file=sys.stderr)
+        return EXIT_ERROR
 
 
-def _debug() -> None:
-    """With IMGCLASS_DEBUG=1 set, show the traceback behind a one-line error."""
-    import os
-    import traceback
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    first = text.splitlines()[0]
+    return first if len(text.splitlines()) == 1 else first + " ..."
 
-    if os.environ.get("IMGCLASS_DEBUG"):
+
+def _traceback(debug: bool) -> None:
+    if debug:
+        import traceback
+
         traceback.print_exc()

@@ -22,13 +22,14 @@ from tqdm.auto import tqdm
 from .data.base import ImageDataset, Sample
 from .data.labels import Alignment, align_labels
 from .data.transforms import EvalTransform
+from .errors import ImgclassError, UsageError
 from .distributed import DistInfo, all_gather_objects, init_distributed
 from .models.classifier import Classifier
 
 __all__ = ["Engine", "Batch", "MapResult", "Predictions", "BadImageError"]
 
 
-class BadImageError(RuntimeError):
+class BadImageError(ImgclassError, RuntimeError):
     """Raised with ``on_error='fail'`` at the first file that cannot be decoded."""
 
     def __init__(self, path: str, reason: str):
@@ -115,7 +116,7 @@ class Engine:
         dist: DistInfo | None = None,
     ):
         if on_error not in {"skip", "fail"}:
-            raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+            raise UsageError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dist = dist if dist is not None else init_distributed(str(self.device))
         if self.dist.enabled and self.device.type == "cuda":

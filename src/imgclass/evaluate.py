@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,9 +12,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .errors import UnknownNameError
 from . import __version__
 from .data import ImageDataset, load_dataset
 from .engine import Engine
+from .files import write_json
 from .models import Classifier, load_model
 from .probes import PROBES, ProbeContext, get_probe, to_jsonable
 
@@ -34,17 +33,6 @@ def _environment(engine: Engine) -> dict:
     if engine.device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(engine.device)
     return env
-
-
-def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, allow_nan=False)
-    os.replace(tmp, path)
-    return path
 
 
 def evaluate(
@@ -72,10 +60,10 @@ def evaluate(
     probe_params = probe_params or {}
     unknown = [p for p in probes if p not in PROBES]
     if unknown:
-        raise KeyError(f"unknown probe(s) {', '.join(unknown)}; known probes: {', '.join(sorted(PROBES))}")
+        raise UnknownNameError(f"unknown probe(s) {', '.join(unknown)}; known probes: {', '.join(sorted(PROBES))}")
     stray = set(probe_params) - set(probes)
     if stray:
-        raise KeyError(f"parameters given for probe(s) not run: {', '.join(sorted(stray))}")
+        raise UnknownNameError(f"parameters given for probe(s) not run: {', '.join(sorted(stray))}")
     instances = {name: get_probe(name, **probe_params.get(name, {})) for name in probes}
     torch.manual_seed(seed)
     clf = load_model(model)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
+from .errors import UsageError, unknown_name
+
 __all__ = ["Spec", "parse_spec", "SpecError"]
 
 
-class SpecError(ValueError):
+class SpecError(UsageError):
     """A spec string is malformed, names an unknown scheme, or has a bad option."""
 
 
@@ -108,4 +110,4 @@ def parse_spec(text: str, known: dict[str, object], *, infer=None) -> Spec:
         if guessed is not None:
             return Spec(guessed, body, opts, text)
     shown = scheme if sep else body
-    raise SpecError(f"unknown scheme {shown!r} in {text!r}; known schemes: {', '.join(sorted(known))}")
+    raise SpecError(f"{text!r}: {unknown_name('scheme', shown, known)}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from .base import Attack, dlr_loss, dlr_loss_targeted, register_attack
 
 
@@ -45,7 +46,7 @@ class _APGD(Attack):
     def __post_init__(self):
         super().__post_init__()
         if self.steps < 1 or self.restarts < 1:
-            raise ValueError(f"{self.name} needs steps >= 1 and restarts >= 1")
+            raise UsageError(f"{self.name} needs steps >= 1 and restarts >= 1")
 
     def _init(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if self.norm == "linf":
@@ -154,7 +155,7 @@ class APGDCE(_APGD):
 
     def perturb(self, model, x, y, target, gen):
         if target is not None:
-            raise ValueError("apgd-ce is untargeted; use apgd-t for targeted APGD")
+            raise UsageError("apgd-ce is untargeted; use apgd-t for targeted APGD")
         return _restarts(self, model, x, y, gen)[0], None
 
 
@@ -167,11 +168,11 @@ class APGDDLR(_APGD):
 
     def perturb(self, model, x, y, target, gen):
         if target is not None:
-            raise ValueError("apgd-dlr is untargeted; use apgd-t for targeted APGD")
+            raise UsageError("apgd-dlr is untargeted; use apgd-t for targeted APGD")
         with torch.no_grad():
             n_cls = model(x[:1]).shape[1]
         if n_cls < 3:
-            raise ValueError(f"apgd-dlr needs at least 3 classes, the model has {n_cls}")
+            raise UsageError(f"apgd-dlr needs at least 3 classes, the model has {n_cls}")
         return _restarts(self, model, x, y, gen)[0], None
 
 
@@ -205,7 +206,7 @@ class APGDT(_APGD):
             order = model(x).sort(dim=1, descending=True).indices
         n_cls = order.shape[1]
         if n_cls < 4:
-            raise ValueError(f"apgd-t needs at least 4 classes, the model has {n_cls}")
+            raise UsageError(f"apgd-t needs at least 4 classes, the model has {n_cls}")
         best = x.clone()
         todo = torch.arange(len(x), device=x.device)
         for t in range(1, min(self.targets, n_cls - 1) + 1):

@@ -19,6 +19,9 @@ from typing import Any, Callable, ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..errors import ParameterError, UsageError
+from ..registry import Registry
+
 __all__ = [
     "Attack", "AttackResult", "ATTACKS", "register_attack", "get_attack", "NORMS",
     "parse_eps", "format_eps", "perturbation_norm", "margin", "dlr_loss", "dlr_loss_targeted",
@@ -26,7 +29,7 @@ __all__ = [
 ]
 
 NORMS = ("linf", "l2")
-ATTACKS: dict[str, type["Attack"]] = {}
+ATTACKS: Registry[type["Attack"]] = Registry("attack")
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -44,13 +47,11 @@ def register_attack(name: str):
 
 def get_attack(name: str, **params: Any) -> "Attack":
     """Instantiate a registered attack; unknown names and parameters raise errors that list the known ones."""
-    if name not in ATTACKS:
-        raise KeyError(f"unknown attack {name!r}; known attacks: {', '.join(sorted(ATTACKS))}")
     cls = ATTACKS[name]
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(params) - fields
     if unknown:
-        raise TypeError(f"attack {name!r} has no parameter(s) {', '.join(sorted(unknown))}; "
+        raise ParameterError(f"attack {name!r} has no parameter(s) {', '.join(sorted(unknown))}; "
                         f"parameters: {', '.join(sorted(fields))}")
     return cls(**params)
 
@@ -65,9 +66,9 @@ def parse_eps(text: str | float | int) -> float:
         try:
             value = float(num) / float(den) if sep else float(num)
         except (ValueError, ZeroDivisionError):
-            raise ValueError(f"cannot read epsilon {text!r}: expected a number or a fraction like '8/255'") from None
+            raise UsageError(f"cannot read epsilon {text!r}: expected a number or a fraction like '8/255'") from None
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"epsilon must be a finite number >= 0, got {text!r}")
+        raise UsageError(f"epsilon must be a finite number >= 0, got {text!r}")
     return value
 
 
@@ -122,7 +123,7 @@ def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
         return flat.abs().amax(1)
     if norm == "l2":
         return flat.norm(p=2, dim=1)
-    raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
+    raise UsageError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
 
 
 def _view(t: torch.Tensor) -> torch.Tensor:
@@ -176,13 +177,13 @@ class Attack(abc.ABC):
 
     def __post_init__(self):
         if self.norm not in self.norms:
-            raise ValueError(f"attack {self.name!r} supports norm(s) {', '.join(self.norms)}, not {self.norm!r}")
+            raise UsageError(f"attack {self.name!r} supports norm(s) {', '.join(self.norms)}, not {self.norm!r}")
         if not self.minimal and self.threat != "patch":
             if self.eps is None:
-                raise ValueError(f"attack {self.name!r} needs eps (e.g. 8/255)")
+                raise UsageError(f"attack {self.name!r} needs eps (e.g. 8/255)")
             self.eps = parse_eps(self.eps)
         if self.eot_samples < 1:
-            raise ValueError(f"eot_samples must be >= 1, got {self.eot_samples}")
+            raise UsageError(f"eot_samples must be >= 1, got {self.eot_samples}")
 
     def params(self) -> dict:
         """The attack's parameters (for results.json)."""
@@ -235,19 +236,19 @@ class Attack(abc.ABC):
 
 def _check_inputs(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, attack: Attack) -> None:
     if not torch.is_tensor(x) or x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(f"attack {attack.name!r}: expected float images (N, C, H, W) in [0, 1], got "
+        raise UsageError(f"attack {attack.name!r}: expected float images (N, C, H, W) in [0, 1], got "
                          f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
     if len(x) and (float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6):
-        raise ValueError(f"attack {attack.name!r}: pixels must lie in [0, 1], got [{float(x.min()):.3f}, "
+        raise UsageError(f"attack {attack.name!r}: pixels must lie in [0, 1], got [{float(x.min()):.3f}, "
                          f"{float(x.max()):.3f}] (the Classifier normalizes inside; pass unnormalized pixels)")
     if not torch.is_tensor(y) or y.shape != (len(x),) or y.dtype != torch.long:
-        raise ValueError(f"attack {attack.name!r}: labels must be int64 of shape ({len(x)},), got "
+        raise UsageError(f"attack {attack.name!r}: labels must be int64 of shape ({len(x)},), got "
                          f"{getattr(y, 'dtype', type(y))} {tuple(getattr(y, 'shape', ()))}")
     if target is not None:
         if not attack.supports_target:
-            raise ValueError(f"attack {attack.name!r} is untargeted; it takes no target")
+            raise UsageError(f"attack {attack.name!r} is untargeted; it takes no target")
         if not torch.is_tensor(target) or target.shape != y.shape or target.dtype != torch.long:
-            raise ValueError(f"attack {attack.name!r}: target must be int64 of shape ({len(x)},)")
+            raise UsageError(f"attack {attack.name!r}: target must be int64 of shape ({len(x)},)")
 
 
 def ce_loss(y: torch.Tensor, target: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:

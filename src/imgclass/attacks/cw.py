@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UsageError
 from .base import Attack, margin, register_attack
 
 
@@ -35,7 +36,7 @@ class CarliniWagnerL2(Attack):
     def __post_init__(self):
         super().__post_init__()
         if self.steps < 1 or self.search_steps < 1 or self.initial_const <= 0 or self.lr <= 0:
-            raise ValueError("cw needs steps >= 1, search_steps >= 1, initial_const > 0 and lr > 0")
+            raise UsageError("cw needs steps >= 1, search_steps >= 1, initial_const > 0 and lr > 0")
 
     def perturb(self, model, x, y, target, gen):
         n = len(x)

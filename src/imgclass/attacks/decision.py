@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UsageError
 from .base import Attack, register_attack
 
 
@@ -39,7 +40,7 @@ class HopSkipJump(Attack):
     def __post_init__(self):
         super().__post_init__()
         if self.max_queries < 1 or self.init_evals < 1 or self.init_tries < 1 or self.chunk < 1:
-            raise ValueError("hsj needs max_queries, init_evals, init_tries and chunk >= 1")
+            raise UsageError("hsj needs max_queries, init_evals, init_tries and chunk >= 1")
 
     # -- model access ------------------------------------------------------------------------------
     def _adv(self, model, imgs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UsageError
 from .base import LOSSES, Attack, fooled, register_attack
 
 
@@ -56,7 +57,7 @@ class FGSM(Attack):
     def __post_init__(self):
         super().__post_init__()
         if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
+            raise UsageError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
 
     def perturb(self, model, x, y, target, gen):
         _, grad, _ = self.loss_grad(model, x, LOSSES[self.loss](y, target), reduce="mean")
@@ -81,9 +82,9 @@ class PGD(Attack):
     def __post_init__(self):
         super().__post_init__()
         if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
+            raise UsageError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
         if self.steps < 1 or self.restarts < 1:
-            raise ValueError(f"pgd needs steps >= 1 and restarts >= 1, got {self.steps} and {self.restarts}")
+            raise UsageError(f"pgd needs steps >= 1 and restarts >= 1, got {self.steps} and {self.restarts}")
 
     @property
     def alpha(self) -> float:

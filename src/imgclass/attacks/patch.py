@@ -16,6 +16,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from .base import Attack, register_attack
 
 
@@ -51,9 +52,9 @@ class UniversalPatch(Attack):
     def __post_init__(self):
         super().__post_init__()
         if not 0 < self.size < 1:
-            raise ValueError(f"patch size is a fraction of the image area in (0, 1), got {self.size}")
+            raise UsageError(f"patch size is a fraction of the image area in (0, 1), got {self.size}")
         if self.epochs < 1 or self.step_size <= 0:
-            raise ValueError("patch needs epochs >= 1 and step_size > 0")
+            raise UsageError("patch needs epochs >= 1 and step_size > 0")
 
     def params(self) -> dict:
         return {k: v for k, v in super().params().items() if k != "patch"}
@@ -98,15 +99,15 @@ class UniversalPatch(Attack):
                     gen = torch.Generator(device=x.device).manual_seed(int(self.seed if seed is None else seed))
                 self.fit_step(model, x, y, gen)
         if self.patch is None:
-            raise ValueError("patch: no training images")
+            raise UsageError("patch: no training images")
         return self.patch
 
     def perturb(self, model, x, y, target, gen):
         if self.patch is None:
-            raise ValueError("the patch is not trained: call fit(model, batches) first, or pass patch=")
+            raise UsageError("the patch is not trained: call fit(model, batches) first, or pass patch=")
         s = self.side(*x.shape[-2:])
         if self.patch.shape != (x.shape[1], s, s):
-            raise ValueError(f"patch of shape {tuple(self.patch.shape)} does not fit images {tuple(x.shape[1:])} "
+            raise UsageError(f"patch of shape {tuple(self.patch.shape)} does not fit images {tuple(x.shape[1:])} "
                              f"at size {self.size}")
         rows, cols = self.corners(len(x), *x.shape[-2:], gen, x.device)
         with torch.no_grad():

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from ..errors import UsageError
 from .base import ATTACKS, format_eps
 
 __all__ = ["default_eps", "large_eps", "sanity_checks", "eps_key", "WHITE_BOX", "BLACK_BOX"]
@@ -23,7 +24,7 @@ def default_eps(input_size: tuple[int, int, int], norm: str) -> tuple[str, ...]:
         return ("1/255", "2/255", "4/255", "8/255") if small else ("0.5/255", "1/255", "2/255", "4/255")
     if norm == "l2":
         return ("0.125", "0.25", "0.5", "1") if small else ("0.25", "0.5", "1", "3")
-    raise ValueError(f"unknown norm {norm!r}; known: linf, l2")
+    raise UsageError(f"unknown norm {norm!r}; known: linf, l2")
 
 
 def large_eps(input_size: tuple[int, int, int], norm: str) -> str:

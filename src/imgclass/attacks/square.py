@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from .base import Attack, register_attack
 
 _SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256))
@@ -74,9 +75,9 @@ class Square(Attack):
     def __post_init__(self):
         super().__post_init__()
         if self.loss not in ("margin", "ce"):
-            raise ValueError(f"square loss must be 'margin' or 'ce', got {self.loss!r}")
+            raise UsageError(f"square loss must be 'margin' or 'ce', got {self.loss!r}")
         if self.n_queries < 1 or self.restarts < 1:
-            raise ValueError("square needs n_queries >= 1 and restarts >= 1")
+            raise UsageError("square needs n_queries >= 1 and restarts >= 1")
 
     def _scores(self, model, x, y, tgt):
         """(margin: > 0 while not fooled, loss to minimise) for images ``x``."""

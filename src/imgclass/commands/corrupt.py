@@ -14,6 +14,8 @@ import sys
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
+from ..errors import UsageError
+
 
 def add_command(sub) -> None:
     p = sub.add_parser(
@@ -46,7 +48,7 @@ class _FolderImages:
             self.files += [(base / f).as_posix() for f in sorted(filenames)
                            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
         if not self.files:
-            raise ValueError(f"no image files in {root}")
+            raise UsageError(f"no image files in {root}")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -67,7 +69,7 @@ def _out_name(sample_id: str) -> PurePosixPath:
     p = PurePosixPath(str(sample_id).replace("\\", "/"))
     parts = [q for q in p.parts if q not in ("", ".", "..", "/")]
     if not parts:
-        raise ValueError(f"cannot make a file name of sample id {sample_id!r}")
+        raise UsageError(f"cannot make a file name of sample id {sample_id!r}")
     return PurePosixPath(*parts).with_suffix(".png")
 
 
@@ -95,7 +97,6 @@ def _batches(src, batch_size: int, skipped: list):
 
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
     from PIL import Image
     from tqdm.auto import tqdm
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import ast
 
+from ..errors import UsageError
+
 
 def add_command(sub) -> None:
     p = sub.add_parser(
@@ -37,9 +39,9 @@ def _method_params(items: list[str], methods: list[str]) -> dict[str, dict]:
         key, sep, raw = item.partition("=")
         method, dot, param = key.partition(".")
         if not sep or not dot:
-            raise ValueError(f"--set {item!r}: expected METHOD.PARAM=VALUE")
+            raise UsageError(f"--set {item!r}: expected METHOD.PARAM=VALUE")
         if method not in methods:
-            raise ValueError(f"--set {item!r}: method {method!r} is not among --method {','.join(methods)}")
+            raise UsageError(f"--set {item!r}: method {method!r} is not among --method {','.join(methods)}")
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
@@ -114,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
         t = probs.argmax(1) if args.target is None else \
             torch.full((len(x),), class_index(clf, args.target), dtype=torch.long, device=device)
         if int(t.max()) >= clf.num_classes or int(t.min()) < 0:
-            raise ValueError(f"--target {args.target}: class indices run from 0 to {clf.num_classes - 1}")
+            raise UsageError(f"--target {args.target}: class indices run from 0 to {clf.num_classes - 1}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from ..errors import ParameterError, UsageError
 from . import blur, digital, noise, weather  # noqa: F401  (they fill the registry)
 from .base import REGISTRY, keys
 from . import kernels
@@ -40,14 +41,14 @@ __all__ = ["CORRUPTIONS", "COMMON", "EXTRA", "RANDOM", "SEVERITIES", "PARAM_SETS
 
 def _check(images: torch.Tensor, name: str) -> None:
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
-        raise TypeError(f"corrupt expects a uint8 torch.Tensor, got "
+        raise ParameterError(f"corrupt expects a uint8 torch.Tensor, got "
                         f"{type(images).__name__}{'' if not isinstance(images, torch.Tensor) else ' ' + str(images.dtype)}")
     if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"corrupt expects images of shape (N, 3, H, W), got {tuple(images.shape)}")
+        raise UsageError(f"corrupt expects images of shape (N, 3, H, W), got {tuple(images.shape)}")
     if min(images.shape[-2:]) < 8:
-        raise ValueError(f"images must be at least 8x8 pixels, got {tuple(images.shape[-2:])}")
+        raise UsageError(f"images must be at least 8x8 pixels, got {tuple(images.shape[-2:])}")
     if name not in REGISTRY:
-        raise ValueError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
+        raise UsageError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
 
 
 def draw(images: torch.Tensor, name: str, severity: int, *, seed: int, sample_ids: Sequence[str | int],
@@ -56,7 +57,7 @@ def draw(images: torch.Tensor, name: str, severity: int, *, seed: int, sample_id
     _check(images, name)
     p = get_params(name, severity, params)
     if len(sample_ids) != len(images):
-        raise ValueError(f"{len(sample_ids)} sample ids for {len(images)} images")
+        raise UsageError(f"{len(sample_ids)} sample ids for {len(images)} images")
     c = REGISTRY[name]
     if c.draw is None:
         return {}
@@ -82,7 +83,7 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int, sample
         return images.clone()
     _check(images, name)
     if len(sample_ids) != len(images):
-        raise ValueError(f"{len(sample_ids)} sample ids for {len(images)} images")
+        raise UsageError(f"{len(sample_ids)} sample ids for {len(images)} images")
     c = REGISTRY[name]
     if c.fused is not None and kernels.HAVE_NUMBA and images.device.type == "cpu":
         p = get_params(name, severity, params)

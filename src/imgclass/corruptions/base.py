@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..registry import Registry
+
 __all__ = ["Corruption", "REGISTRY", "register", "keys", "to_uint8", "to_uint8_255", "gaussian_kernel1d", "border_index",
            "filter_matrix", "separable_filter", "motion_blur", "motion_blur_tensor", "zoom_coords", "interp_matrix"]
 
@@ -32,7 +34,7 @@ class Corruption:
     fused: Callable[..., torch.Tensor] | None = None
 
 
-REGISTRY: dict[str, Corruption] = {}
+REGISTRY: Registry[Corruption] = Registry("corruption")
 
 
 def register(name: str, draw: Callable[..., dict] | None = None, *, chunk: int = 1 << 20,

@@ -13,6 +13,8 @@ from functools import reduce
 import numpy as np
 import torch
 
+from ..errors import UsageError
+
 _CANNY_SHIFT = 15
 _TG22 = int(0.4142135623730950488016887242097 * (1 << _CANNY_SHIFT) + 0.5)
 
@@ -102,7 +104,7 @@ def distance_transform_l2_5x5(img: torch.Tensor) -> torch.Tensor:
     n, h, w = img.shape
     dev = img.device
     if h + w > 4000:
-        raise ValueError(f"distance transform limited to images under 4,000 px a side, got {h}x{w}")
+        raise UsageError(f"distance transform limited to images under 4,000 px a side, got {h}x{w}")
     t = torch.full((n, h + 4, w + 4), _INIT, dtype=torch.int32, device=dev)
     zero = img == 0
     cols = torch.arange(w, device=dev, dtype=torch.int32) * _HV

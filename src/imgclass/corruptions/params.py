@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UsageError
+
 PARAM_SETS = ("imagenet", "cifar10")
 
 IMAGENET: dict[str, list] = {
@@ -73,10 +75,10 @@ TABLES = {"imagenet": IMAGENET, "cifar10": CIFAR10}
 def get_params(name: str, severity: int, params: str):
     """The constants of one corruption at one severity (1..5) in one parameter set."""
     if params not in TABLES:
-        raise ValueError(f"unknown corruption parameter set {params!r}; known: {', '.join(PARAM_SETS)}")
+        raise UsageError(f"unknown corruption parameter set {params!r}; known: {', '.join(PARAM_SETS)}")
     table = TABLES[params]
     if name not in table:
-        raise ValueError(f"unknown corruption {name!r}; known: {', '.join(table)}")
+        raise UsageError(f"unknown corruption {name!r}; known: {', '.join(table)}")
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
-        raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
+        raise UsageError(f"severity must be an integer in 1..5, got {severity!r}")
     return table[name][int(severity) - 1]

@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..registry import Registry
 from ..specs import Options, Spec, SpecError, parse_spec
 from .base import ArrayDataset, ImageDataset, Sample, SubsetDataset
 from .decode import DEFAULT_MAX_PIXELS, ImageError, decode_image
@@ -31,8 +32,8 @@ __all__ = [
     "align_labels",
 ]
 
-DATASET_SOURCES: dict[str, "SourceEntry"] = {}
-ZOO_DATASETS: dict[str, "ZooDataset"] = {}
+DATASET_SOURCES: Registry["SourceEntry"] = Registry("dataset source")
+ZOO_DATASETS: Registry["ZooDataset"] = Registry("zoo dataset")
 
 
 @dataclass
@@ -159,8 +160,6 @@ def _digits(s: Spec, opts: Options) -> ImageDataset:
 @register_dataset_source("zoo", "zoo:NAME[:SPLIT] - a registered dataset (see `imgclass datasets`)")
 def _zoo(s: Spec, opts: Options) -> ImageDataset:
     name, _, split = s.target.partition(":")
-    if name not in ZOO_DATASETS:
-        raise SpecError(f"unknown zoo dataset {name!r}; known: {', '.join(sorted(ZOO_DATASETS))}")
     entry = ZOO_DATASETS[name]
     split = split or entry.splits[0]
     if split not in entry.splits:

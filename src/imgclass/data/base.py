@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from .decode import ImageError
 from .labels import LabelSpace
 
@@ -103,16 +104,16 @@ class ArrayDataset(ImageDataset):
                  ids: Sequence[str] | None = None):
         images = np.asarray(images)
         if images.dtype != np.uint8:
-            raise ValueError(f"{spec or 'array dataset'}: images must be uint8, got {images.dtype}")
+            raise UsageError(f"{spec or 'array dataset'}: images must be uint8, got {images.dtype}")
         if images.ndim == 3:
             images = images[..., None]
         if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-            raise ValueError(f"{spec or 'array dataset'}: images must be NHWC with 1, 3 or 4 channels, got {images.shape}")
+            raise UsageError(f"{spec or 'array dataset'}: images must be NHWC with 1, 3 or 4 channels, got {images.shape}")
         labels = np.asarray(labels).astype(np.int64).reshape(-1)
         if len(labels) != len(images):
-            raise ValueError(f"{spec}: {len(images)} images but {len(labels)} labels")
+            raise UsageError(f"{spec}: {len(images)} images but {len(labels)} labels")
         if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
-            raise ValueError(f"{spec}: labels must lie in [0, {len(classes)}), found {labels.min()}..{labels.max()}")
+            raise UsageError(f"{spec}: labels must lie in [0, {len(classes)}), found {labels.min()}..{labels.max()}")
         self.images = images
         self._labels = labels
         self.classes = classes

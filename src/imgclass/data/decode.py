@@ -8,6 +8,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from ..errors import ImgclassError
+
 __all__ = ["ImageError", "decode_image", "to_rgb_array", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS"]
 
 IMAGE_EXTENSIONS = frozenset(
@@ -20,7 +22,7 @@ DEFAULT_MAX_PIXELS = 89_478_485
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class ImageError(Exception):
+class ImageError(ImgclassError):
     """A file that is not a usable image; ``path`` and ``reason`` go into the skipped list."""
 
     def __init__(self, path: str, reason: str):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ImgclassError, UsageError
+
 __all__ = [
     "LabelSpace",
     "LabelAlignmentError",
@@ -27,7 +29,7 @@ FASHION_MNIST = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal"
 DIGITS = [str(i) for i in range(10)]
 
 
-class LabelAlignmentError(ValueError):
+class LabelAlignmentError(ImgclassError, ValueError):
     """A dataset's classes cannot all be found in a model's label space."""
 
 
@@ -142,7 +144,7 @@ def named_space(value: str) -> LabelSpace:
         return LabelSpace.from_names(lines)
     if "," in value:
         return LabelSpace.from_names([v.strip() for v in value.split(",")])
-    raise ValueError(
+    raise UsageError(
         f"classes={value!r}: not a known label space ({', '.join(sorted(KNOWN_SPACES))}), "
         "not a labels file, and not a comma-separated list"
     )

@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from ..errors import ImgclassError
 from .base import ArrayDataset, ImageDataset
 from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image
 from .labels import CIFAR10, DIGITS, FASHION_MNIST, LabelSpace
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 
-class DatasetSourceError(ValueError):
+class DatasetSourceError(ImgclassError, ValueError):
     """A dataset source cannot be opened (missing path, wrong layout, bad format)."""
 
 

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import UsageError
+
 __all__ = ["EvalTransform"]
 
 _PIL_INTERP = {
@@ -36,7 +38,7 @@ class EvalTransform:
 
     def __post_init__(self):
         if self.interpolation not in _PIL_INTERP:
-            raise ValueError(f"interpolation must be one of {', '.join(_PIL_INTERP)}, got {self.interpolation!r}")
+            raise UsageError(f"interpolation must be one of {', '.join(_PIL_INTERP)}, got {self.interpolation!r}")
 
     @classmethod
     def for_model(cls, config) -> "EvalTransform":

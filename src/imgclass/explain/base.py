@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ParameterError, UsageError
 from ..models.classifier import Classifier
+from ..registry import Registry
 
 __all__ = ["Method", "METHODS", "register_method", "get_method", "explain", "resolve_targets", "reduce_channels",
            "REDUCTIONS", "model_device", "eval_mode", "chunks", "find_module", "upsample"]
@@ -43,17 +45,17 @@ class Method:
         allowed = set(self.params) | ({"reduce"} if self.reduce else set())
         unknown = set(params) - allowed
         if unknown:
-            raise TypeError(f"method {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}; "
+            raise ParameterError(f"method {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}; "
                             f"its parameters: {', '.join(sorted(allowed)) or 'none'}")
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("explanation method")
 
 
 def register_method(name: str, *, kind: str, description: str, reduce: str | None = None):
     """Decorator adding an attribution function to :data:`METHODS` under ``name``."""
     if reduce is not None and reduce not in REDUCTIONS:
-        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+        raise UsageError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
 
     def deco(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         sig = inspect.signature(fn)
@@ -67,8 +69,6 @@ def register_method(name: str, *, kind: str, description: str, reduce: str | Non
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise KeyError(f"unknown explanation method {name!r}; known methods: {', '.join(sorted(METHODS))}")
     return METHODS[name]
 
 
@@ -110,7 +110,7 @@ def reduce_channels(attr: torch.Tensor, how: str) -> torch.Tensor:
         return attr.mean(1)
     if how == "l2":
         return attr.pow(2).sum(1).sqrt()
-    raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {how!r}")
+    raise UsageError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {how!r}")
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -129,22 +129,22 @@ def find_module(classifier: Classifier, name: str) -> nn.Module:
         return mods[name[6:]]
     tail = name.split(".")[-1]
     near = [n for n in mods if n and (tail in n.split(".") or n.endswith(name))][:10]
-    raise ValueError(f"{classifier.source}: no layer named {name!r} in the model"
+    raise UsageError(f"{classifier.source}: no layer named {name!r} in the model"
                      + (f"; similar: {', '.join(near)}" if near else "; see classifier.model.named_modules()"))
 
 
 def _as_images(classifier: Classifier, images: torch.Tensor) -> torch.Tensor:
     if not torch.is_tensor(images):
-        raise TypeError(f"images must be a float tensor (N, 3, H, W) of pixels in [0, 1], got {type(images).__name__}")
+        raise ParameterError(f"images must be a float tensor (N, 3, H, W) of pixels in [0, 1], got {type(images).__name__}")
     if images.dim() == 3:
         images = images[None]
     c = classifier.config.input_size[0]
     if images.dim() != 4 or images.shape[1] != c:
-        raise ValueError(f"images must have shape (N, {c}, H, W), got {tuple(images.shape)}")
+        raise UsageError(f"images must have shape (N, {c}, H, W), got {tuple(images.shape)}")
     if not images.is_floating_point():
-        raise TypeError(f"images must be float pixels in [0, 1], got {images.dtype} (divide uint8 images by 255)")
+        raise ParameterError(f"images must be float pixels in [0, 1], got {images.dtype} (divide uint8 images by 255)")
     if images.numel() and (images.min() < -1e-6 or images.max() > 1 + 1e-6):
-        raise ValueError(f"images must be pixels in [0, 1] (the classifier normalizes inside), got values in "
+        raise UsageError(f"images must be pixels in [0, 1] (the classifier normalizes inside), got values in "
                          f"[{images.min().item():.3g}, {images.max().item():.3g}]")
     dtype = torch.float64 if images.dtype == torch.float64 else torch.float32  # float64 for exact comparisons
     return images.detach().to(model_device(classifier), dtype).clone()
@@ -169,10 +169,10 @@ def resolve_targets(classifier: Classifier, x: torch.Tensor, targets: Any, *, ba
         items = list(targets.tolist() if torch.is_tensor(targets) else targets)
         items = [class_index(classifier, v) if isinstance(v, str) else int(v) for v in items]
         if len(items) != n:
-            raise ValueError(f"got {len(items)} targets for {n} images")
+            raise UsageError(f"got {len(items)} targets for {n} images")
         t = torch.tensor(items, dtype=torch.long)
     if n and (t.min() < 0 or t.max() >= k):
-        raise ValueError(f"targets must be class indices in [0, {k}), got {t.min().item()}..{t.max().item()}")
+        raise UsageError(f"targets must be class indices in [0, {k}), got {t.min().item()}..{t.max().item()}")
     return t.to(x.device)
 
 
@@ -188,7 +188,7 @@ def class_index(classifier: Classifier, name: str) -> int:
     wn = classifier.wnids or []
     if s in wn:
         return wn.index(s)
-    raise ValueError(f"{classifier.source}: no class named {name!r}")
+    raise UsageError(f"{classifier.source}: no class named {name!r}")
 
 
 def explain(
@@ -210,7 +210,7 @@ def explain(
     m = get_method(method)
     m.check_params(params)
     if int(internal_batch_size) < 1:
-        raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+        raise UsageError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
     x = _as_images(classifier, images)
     with eval_mode(classifier):
         t = resolve_targets(classifier, x, targets, batch_size=internal_batch_size)

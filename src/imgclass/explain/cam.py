@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
 from ..models.classifier import Classifier
 from .base import chunks, find_module, register_method, upsample
 
@@ -48,7 +49,7 @@ def _prefix_and_grid(model: nn.Module, n_tokens: int) -> tuple[int, tuple[int, i
         s = math.isqrt(max(0, n_tokens - k))
         if s > 0 and s * s == n_tokens - k:
             return k, (s, s)
-    raise ValueError(f"cannot arrange {n_tokens} tokens on a square grid; give a layer with a spatial output")
+    raise UsageError(f"cannot arrange {n_tokens} tokens on a square grid; give a layer with a spatial output")
 
 
 def tokens_to_grid(t: torch.Tensor, model: nn.Module) -> torch.Tensor:
@@ -56,7 +57,7 @@ def tokens_to_grid(t: torch.Tensor, model: nn.Module) -> torch.Tensor:
     if t.dim() == 4:
         return t
     if t.dim() != 3:
-        raise ValueError(f"CAM needs a layer with (N, C, H, W) or (N, tokens, C) output, got shape {tuple(t.shape)}")
+        raise UsageError(f"CAM needs a layer with (N, C, H, W) or (N, tokens, C) output, got shape {tuple(t.shape)}")
     k, (h, w) = _prefix_and_grid(model, t.shape[1])
     return t[:, k:].reshape(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2)
 

@@ -15,6 +15,7 @@ from captum.attr import Deconvolution, GuidedBackprop, InputXGradient, Saliency
 from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
 from torch import nn
 
+from ..errors import UsageError
 from ..models.classifier import Classifier
 from .base import channel_attributions, chunks, gaussian_blur, get_method, reduce_channels, register_method
 
@@ -85,14 +86,14 @@ def ig_baseline(x: torch.Tensor, baseline: str | float | torch.Tensor, *, seed: 
         return torch.full_like(x, named[baseline])
     if baseline == "mean":
         if mean is None:
-            raise ValueError("IG baseline 'mean' needs the model's normalization mean")
+            raise UsageError("IG baseline 'mean' needs the model's normalization mean")
         return torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1).expand_as(x).clone()
     if baseline == "blur":
         return gaussian_blur(x, sigma=max(x.shape[-2:]) / 14)
     if baseline == "uniform":
         g = torch.Generator().manual_seed(seed)
         return torch.rand(x.shape[1:], generator=g).to(x.device, x.dtype).expand_as(x).clone()
-    raise ValueError(f"IG baseline must be 'black', 'white', 'gray', 'mean', 'blur', 'uniform', a number or a "
+    raise UsageError(f"IG baseline must be 'black', 'white', 'gray', 'mean', 'blur', 'uniform', a number or a "
                      f"tensor, got {baseline!r}")
 
 
@@ -108,9 +109,9 @@ def integrated_gradients(classifier: Classifier, x: torch.Tensor, targets: torch
                          steps: int = 50, baseline: str | float | torch.Tensor = "black",
                          integration: str = "gausslegendre", seed: int = 0) -> torch.Tensor:
     if steps < 1 or (steps < 2 and integration != "gausslegendre"):
-        raise ValueError(f"IG steps must be >= 1 (>= 2 for Riemann rules), got {steps}")
+        raise UsageError(f"IG steps must be >= 1 (>= 2 for Riemann rules), got {steps}")
     if integration not in SUPPORTED_METHODS:
-        raise ValueError(f"IG integration must be one of {', '.join(SUPPORTED_METHODS)}, got {integration!r}")
+        raise UsageError(f"IG integration must be one of {', '.join(SUPPORTED_METHODS)}, got {integration!r}")
     step_sizes, alphas = approximation_parameters(integration)
     alpha = torch.tensor(alphas(steps), dtype=x.dtype, device=x.device)
     weight = torch.tensor(step_sizes(steps), dtype=x.dtype, device=x.device)
@@ -158,12 +159,12 @@ def smoothgrad(classifier: Classifier, x: torch.Tensor, targets: torch.Tensor, *
                base: str = "saliency", n_samples: int = 50, stdev: float = 0.15, nt_type: str = "smoothgrad",
                seed: int = 0, reduce: str | None = None, **base_params) -> torch.Tensor:
     if base == "smoothgrad":
-        raise ValueError("smoothgrad cannot wrap itself")
+        raise UsageError("smoothgrad cannot wrap itself")
     m = get_method(base)
     if nt_type not in {"smoothgrad", "smoothgrad_sq", "vargrad"}:
-        raise ValueError(f"nt_type must be 'smoothgrad', 'smoothgrad_sq' or 'vargrad', got {nt_type!r}")
+        raise UsageError(f"nt_type must be 'smoothgrad', 'smoothgrad_sq' or 'vargrad', got {nt_type!r}")
     if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        raise UsageError(f"n_samples must be >= 1, got {n_samples}")
     g = torch.Generator().manual_seed(seed)
     noise = (torch.randn(n_samples, *x.shape[1:], generator=g) * stdev).to(x.device, x.dtype)
     m.check_params(base_params)

@@ -9,6 +9,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from ..data.decode import IMAGE_EXTENSIONS, decode_image
 from ..data.transforms import EvalTransform
 from ..models.classifier import ModelConfig
@@ -24,7 +25,7 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
     files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
              and not any(part.startswith(".") for part in p.relative_to(root).parts)]
     if not files:
-        raise ValueError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise UsageError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return sorted(files)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..models.classifier import Classifier
 from .base import chunks, eval_mode, explain, gaussian_blur, model_device, resolve_targets, upsample
 
@@ -69,12 +70,12 @@ def perturbation_curve(
     computed in).
     """
     if mode not in {"deletion", "insertion"}:
-        raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
+        raise UsageError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
     if n_steps < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+        raise UsageError(f"n_steps must be >= 1, got {n_steps}")
     x = images.detach().to(model_device(classifier), torch.float32)
     if maps.shape != (x.shape[0], *x.shape[2:]):
-        raise ValueError(f"maps must have shape {(x.shape[0], *x.shape[2:])} (one per image, at its size), "
+        raise UsageError(f"maps must have shape {(x.shape[0], *x.shape[2:])} (one per image, at its size), "
                          f"got {tuple(maps.shape)}")
     h, w = x.shape[-2:]
     substrate = substrate if substrate is not None else ("mean" if mode == "deletion" else "blur")
@@ -90,11 +91,11 @@ def perturbation_curve(
     elif substrate == "blur":
         sub = gaussian_blur(x, blur_sigma if blur_sigma is not None else 5.0 * max(h, w) / 224.0)
     else:
-        raise ValueError(f"substrate must be 'mean', 'zeros', 'blur', 'gray' or a tensor, got {substrate!r}")
+        raise UsageError(f"substrate must be 'mean', 'zeros', 'blur', 'gray' or a tensor, got {substrate!r}")
     counts = torch.round(torch.linspace(0, h * w, n_steps + 1)).long().to(x.device)
     seeds = [int(seed)] * len(x) if isinstance(seed, int) else [int(v) for v in seed]
     if len(seeds) != len(x):
-        raise ValueError(f"got {len(seeds)} seeds for {len(x)} images")
+        raise UsageError(f"got {len(seeds)} seeds for {len(x)} images")
     curves = torch.empty(len(x), n_steps + 1)
     with eval_mode(classifier), torch.no_grad():
         t = resolve_targets(classifier, x, targets, batch_size=batch_size)
@@ -241,7 +242,7 @@ def randomization_check(
         t = resolve_targets(classifier, x, targets, batch_size=internal_batch_size)
     layers = weight_layers(classifier)
     if not layers:
-        raise ValueError(f"{classifier.source}: no layer with a weight matrix to randomize")
+        raise UsageError(f"{classifier.source}: no layer with a weight matrix to randomize")
     stages = sorted({min(int(k), len(layers)) for k in (stages or default_stages(len(layers))) if int(k) >= 1})
     before = {m: (maps[m] if maps and m in maps else
                   explain(classifier, x, t, method=m, internal_batch_size=internal_batch_size,

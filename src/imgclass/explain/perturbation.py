@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import Occlusion
 
+from ..errors import UsageError
 from ..models.classifier import Classifier
 from .base import chunks, gaussian_blur, register_method, upsample
 
@@ -27,7 +28,7 @@ def occlusion(classifier: Classifier, x: torch.Tensor, targets: torch.Tensor, *,
     k = window or max(1, min(h, w) // 8)
     st = stride or max(1, k // 2)
     if k > min(h, w) or k < 1 or st < 1:
-        raise ValueError(f"occlusion window {k} / stride {st} do not fit a {h}x{w} image")
+        raise UsageError(f"occlusion window {k} / stride {st} do not fit a {h}x{w} image")
     occ = Occlusion(classifier)
     out = []
     for i in range(len(x)):  # one image per call: Captum's perturbations_per_eval is then the forward batch
@@ -44,7 +45,7 @@ class RiseMasks:
 
     def __init__(self, n: int, size: tuple[int, int], *, cells: int = 7, p: float = 0.5, seed: int = 0):
         if n < 1 or cells < 1 or not 0 < p <= 1:
-            raise ValueError(f"RISE needs n_masks >= 1, cells >= 1 and 0 < p <= 1, got {n}, {cells}, {p}")
+            raise UsageError(f"RISE needs n_masks >= 1, cells >= 1 and 0 < p <= 1, got {n}, {cells}, {p}")
         g = torch.Generator().manual_seed(seed)
         self.n, self.size, self.cells, self.p = n, size, cells, p
         self.grids = (torch.rand(n, 1, cells, cells, generator=g) < p).float()
@@ -95,9 +96,9 @@ def extremal(classifier: Classifier, x: torch.Tensor, targets: torch.Tensor, *, 
     geometrically over the iterations. The perturbation blends the image with its Gaussian blur
     (``blur_sigma`` pixels, default H / 22). ``variant``: 'preserve', 'delete' or 'dual' (both)."""
     if variant not in {"preserve", "delete", "dual"}:
-        raise ValueError(f"variant must be 'preserve', 'delete' or 'dual', got {variant!r}")
+        raise UsageError(f"variant must be 'preserve', 'delete' or 'dual', got {variant!r}")
     if not 0 < area < 1:
-        raise ValueError(f"area must lie in (0, 1), got {area}")
+        raise UsageError(f"area must lie in (0, 1), got {area}")
     h, w = x.shape[-2:]
     mh, mw = math.ceil(h / step), math.ceil(w / step)
     sigma = blur_sigma if blur_sigma is not None else max(h, w) / 22.0

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..errors import ParameterError, UsageError
 from ..models.classifier import Classifier
 from .base import chunks, eval_mode, find_module, model_device, resolve_targets
 from .cam import LayerCapture, cam_layer
@@ -31,11 +32,11 @@ def _as_pixels(source: Any, classifier: Classifier, what: str) -> torch.Tensor:
     elif torch.is_tensor(source):
         x = source
     else:
-        raise TypeError(f"{what}: give a folder of images or an (N, 3, H, W) tensor, got {type(source).__name__}")
+        raise ParameterError(f"{what}: give a folder of images or an (N, 3, H, W) tensor, got {type(source).__name__}")
     if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"{what}: images must be (N, 3, H, W), got {tuple(x.shape)}")
+        raise UsageError(f"{what}: images must be (N, 3, H, W), got {tuple(x.shape)}")
     if len(x) < 2:
-        raise ValueError(f"{what}: needs at least 2 images, got {len(x)}")
+        raise UsageError(f"{what}: needs at least 2 images, got {len(x)}")
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
@@ -89,7 +90,7 @@ def train_cav(pos: np.ndarray, neg: np.ndarray, *, seed: int = 0, model: str = "
     elif model == "logistic":
         clf = LogisticRegression(max_iter=2000, random_state=seed)
     else:
-        raise ValueError(f"CAV model must be 'sgd' or 'logistic', got {model!r}")
+        raise UsageError(f"CAV model must be 'sgd' or 'logistic', got {model!r}")
     clf.fit(Xtr, ytr)
     v = clf.coef_[0].astype(np.float64)
     norm = np.linalg.norm(v)
@@ -188,9 +189,9 @@ def tcav(
     eval resize/crop; tensors must already be at the model's input size (uint8 or float in [0, 1]).
     """
     if len(random) < 3:
-        raise ValueError(f"TCAV needs at least 3 random counterexample sets for its t-test, got {len(random)}")
+        raise UsageError(f"TCAV needs at least 3 random counterexample sets for its t-test, got {len(random)}")
     if not concepts:
-        raise ValueError("TCAV needs at least one concept")
+        raise UsageError("TCAV needs at least one concept")
     from scipy.stats import ttest_ind
 
     layer = cam_layer(classifier, layer)

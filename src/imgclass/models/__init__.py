@@ -14,6 +14,8 @@ from typing import Callable
 from torch import nn
 
 from ..data.labels import LabelSpace, named_space
+from ..errors import ImgclassError
+from ..registry import Registry
 from ..specs import Options, Spec, SpecError, parse_spec
 from .classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, ModelConfig
 
@@ -30,7 +32,7 @@ __all__ = [
 ]
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ImgclassError, RuntimeError):
     """A model cannot be built or its weights cannot be loaded."""
 
 
@@ -49,8 +51,8 @@ class ZooModel:
     assets: tuple[str, ...] = ()
 
 
-MODEL_SOURCES: dict[str, SourceEntry] = {}
-ZOO_MODELS: dict[str, ZooModel] = {}
+MODEL_SOURCES: Registry[SourceEntry] = Registry("model source")
+ZOO_MODELS: Registry[ZooModel] = Registry("zoo model")
 
 
 def register_model_source(scheme: str, help: str):

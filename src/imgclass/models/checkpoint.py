@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +17,9 @@ import torch
 from torch import nn
 
 from ..data.labels import LabelSpace
+from ..errors import ImgclassError
+from ..files import atomic_write
+from ..registry import Registry
 from .classifier import Classifier, ModelConfig
 
 __all__ = [
@@ -35,7 +37,7 @@ FORMAT = "imgclass-checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ImgclassError, RuntimeError):
     """A checkpoint file cannot be read or does not match its architecture."""
 
 
@@ -43,7 +45,7 @@ class UnsafeCheckpointError(CheckpointError):
     """A pickle checkpoint would run code when loaded; refused unless the user opts in."""
 
 
-ARCHS: dict[str, Callable[..., nn.Module]] = {}
+ARCHS: Registry[Callable[..., nn.Module]] = Registry("architecture")
 
 
 def register_arch(name: str):
@@ -116,17 +118,7 @@ def save_checkpoint(classifier: Classifier, path: str | os.PathLike, *, extra: d
         "config": classifier.config.to_dict(),
         "extra": extra or {},
     }
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(sd, tmp, metadata={"imgclass": json.dumps(meta)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, writer=lambda tmp: save_file(sd, tmp, metadata={"imgclass": json.dumps(meta)}))
 
 
 def _sidecar(path: Path) -> dict | None:

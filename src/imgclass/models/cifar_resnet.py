@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
+
 __all__ = ["CifarResNet", "ResNet9", "cifar_resnet"]
 
 
@@ -45,7 +47,7 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, zero_init_last: bool = False):
         super().__init__()
         if (depth - 2) % 6 != 0:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+            raise UsageError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
         self.depth = depth
         self.num_classes = num_classes

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 
+from ..errors import ParameterError, UsageError
 from ..data.labels import LabelSpace
 
 __all__ = ["ModelConfig", "Classifier", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -34,13 +35,13 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.layout not in {"nchw", "nhwc"}:
-            raise ValueError(f"layout must be 'nchw' or 'nhwc', got {self.layout!r}")
+            raise UsageError(f"layout must be 'nchw' or 'nhwc', got {self.layout!r}")
         if len(self.mean) != self.input_size[0] or len(self.std) != self.input_size[0]:
-            raise ValueError(f"mean/std need {self.input_size[0]} values, got {self.mean} / {self.std}")
+            raise UsageError(f"mean/std need {self.input_size[0]} values, got {self.mean} / {self.std}")
         if any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
+            raise UsageError(f"std must be positive, got {self.std}")
         if not 0 < self.crop_pct <= 1:
-            raise ValueError(f"crop_pct must lie in (0, 1], got {self.crop_pct}")
+            raise UsageError(f"crop_pct must lie in (0, 1], got {self.crop_pct}")
 
     def replace(self, **kw) -> "ModelConfig":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
@@ -111,11 +112,11 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.config.input_size[0]:
-            raise ValueError(
+            raise UsageError(
                 f"{self.source}: expected (N, {self.config.input_size[0]}, H, W) pixels in [0, 1], got {tuple(x.shape)}"
             )
         if not x.is_floating_point():
-            raise TypeError(f"{self.source}: expected float pixels in [0, 1], got {x.dtype} (divide uint8 by 255)")
+            raise ParameterError(f"{self.source}: expected float pixels in [0, 1], got {x.dtype} (divide uint8 by 255)")
         out = self.model(self.normalize(x))
         if isinstance(out, (tuple, list)):
             out = out[0]

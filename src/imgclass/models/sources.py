@@ -194,8 +194,6 @@ def _py(s: Spec, opts: Options) -> Classifier:
 
 @register_model_source("zoo", "zoo:NAME - a registered pretrained model (see `imgclass models`)")
 def _zoo(s: Spec, opts: Options) -> Classifier:
-    if s.target not in ZOO_MODELS:
-        raise SpecError(f"unknown zoo model {s.target!r}; known: {', '.join(sorted(ZOO_MODELS))}")
     clf = ZOO_MODELS[s.target].build(opts)
     return _check_outputs(override_contract(clf, opts))
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.labels import LabelSpace
+from ..errors import ImgclassError, UsageError
 from .classifier import Classifier, ModelConfig
 
 __all__ = ["tflite_classifier", "build_tflite_net", "TFLiteNet", "LiteRTModule", "TFLiteError", "OP_BUILDERS"]
@@ -44,7 +45,7 @@ _ACTS = {1: ("relu", nn.ReLU), 2: ("relu_n1_to_1", lambda: nn.Hardtanh(-1.0, 1.0
          4: ("tanh", nn.Tanh)}
 
 
-class TFLiteError(ValueError):
+class TFLiteError(ImgclassError, ValueError):
     """A TFLite graph that cannot be rebuilt (unsupported op, tensor type or structure)."""
 
 
@@ -467,7 +468,7 @@ class LiteRTModule(nn.Module):
 def tflite_classifier(path: Path, *, runtime: bool = False, quant: str = "float", source: str = "") -> Classifier:
     """A :class:`Classifier` for a ``.tflite`` image classifier: the float rebuild, or the exact runtime."""
     if quant not in QUANT_MODES:
-        raise ValueError(f"quant must be one of {', '.join(map(repr, QUANT_MODES))}, got {quant!r}")
+        raise UsageError(f"quant must be one of {', '.join(map(repr, QUANT_MODES))}, got {quant!r}")
     g = _Graph(Path(path))
     if g.g.InputsLength() != 1 or len(g.shape(int(g.g.Inputs(0)))) != 4:
         raise g.fail("expected one NHWC image input")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .base import CliFlag, Probe, ProbeContext, register_probe
 
 METHODS = ("norm", "tent", "pl", "rpl")
@@ -90,7 +91,7 @@ class AdaptationProbe(Probe):
         p = self.params
         bad = set(p.methods) - set(METHODS)
         if bad:
-            raise ValueError(f"unknown adaptation method(s) {sorted(bad)}; known: {', '.join(METHODS)}")
+            raise UsageError(f"unknown adaptation method(s) {sorted(bad)}; known: {', '.join(METHODS)}")
         eng, ds = ctx.engine, ctx.dataset
         size = ctx.classifier.config.input_size[1]
         cparams = p.corruption_params or ("cifar10" if size <= 64 else "imagenet")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UnknownNameError, UsageError
 from ..attacks import ATTACKS, default_eps, derive_seed, get_attack, large_eps, parse_eps, sanity_checks
 from ..attacks.protocol import WHITE_BOX, eps_key
 from ..models.fast import inference_copy
@@ -125,16 +126,16 @@ class AdversarialProbe(Probe):
             if self.eps is not None:
                 self.eps = _eps_list(self.eps)
             if self.norm not in ("linf", "l2"):
-                raise ValueError(f"adversarial: norm must be 'linf' or 'l2', got {self.norm!r}")
+                raise UsageError(f"adversarial: norm must be 'linf' or 'l2', got {self.norm!r}")
             for n in self.attacks + self.ensemble:
                 if n not in ATTACKS:
-                    raise KeyError(f"unknown attack {n!r}; known attacks: {', '.join(sorted(ATTACKS))}")
+                    raise UnknownNameError(f"unknown attack {n!r}; known attacks: {', '.join(sorted(ATTACKS))}")
             for n in self.ensemble:
                 if ATTACKS[n].minimal or ATTACKS[n].threat == "patch":
-                    raise ValueError(f"ensemble members must be epsilon-bounded attacks, not {n!r}")
+                    raise UsageError(f"ensemble members must be epsilon-bounded attacks, not {n!r}")
             stray = set(self.attack_params) - set(ATTACKS)
             if stray:
-                raise KeyError(f"attack_params for unknown attack(s) {', '.join(sorted(stray))}")
+                raise UnknownNameError(f"attack_params for unknown attack(s) {', '.join(sorted(stray))}")
 
     # -- setup ------------------------------------------------------------------------------------------
     def _check(self, clf) -> tuple[list[str], dict[str, float], str]:
@@ -143,7 +144,7 @@ class AdversarialProbe(Probe):
         eps_text = list(p.eps) if p.eps else list(default_eps(clf.config.input_size, norm))
         eps = {eps_key(e, parse_eps(e)): parse_eps(e) for e in eps_text}
         if not eps:
-            raise ValueError("adversarial: no epsilon given")
+            raise UsageError("adversarial: no epsilon given")
         keys = sorted(eps, key=eps.get)
         return keys, eps, norm
 

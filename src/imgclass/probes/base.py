@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import abc
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -11,23 +13,27 @@ import torch
 
 from ..data.base import ImageDataset
 from ..engine import Engine, Predictions
+from ..errors import ParameterError
 from ..models.classifier import Classifier
+from ..registry import Registry
 
 __all__ = ["Probe", "ProbeContext", "CliFlag", "PROBES", "register_probe", "get_probe", "to_jsonable"]
 
-PROBES: dict[str, type["Probe"]] = {}
+PROBES: Registry[type["Probe"]] = Registry("probe")
 
 
 def register_probe(cls: type["Probe"]) -> type["Probe"]:
+    """Class decorator: make a probe available by its ``name``; a probe that lacks ``run`` or ``render`` is refused."""
     if not getattr(cls, "name", None):
         raise TypeError(f"{cls.__name__} needs a 'name'")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise TypeError(f"probe {cls.name!r} ({cls.__name__}) does not implement {missing}")
     PROBES[cls.name] = cls
     return cls
 
 
 def get_probe(name: str, **params: Any) -> "Probe":
-    if name not in PROBES:
-        raise KeyError(f"unknown probe {name!r}; known probes: {', '.join(sorted(PROBES))}")
     return PROBES[name](**params)
 
 
@@ -64,7 +70,7 @@ class CliFlag:
     parse: Callable[[str], Any] = str
 
 
-class Probe:
+class Probe(abc.ABC):
     """Base class: subclasses set ``name``, ``title``, a ``Params`` dataclass, and implement ``run``/``render``.
 
     ``cli_flags`` lists parameters that deserve their own ``imgclass eval`` flag; every parameter is
@@ -84,18 +90,20 @@ class Probe:
         fields = {f.name for f in dataclasses.fields(self.Params)}
         unknown = set(params) - fields
         if unknown:
-            raise TypeError(f"probe {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}; "
+            raise ParameterError(f"probe {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}; "
                             f"parameters: {', '.join(sorted(fields)) or 'none'}")
         self.params = self.Params(**params)
 
     def param_dict(self) -> dict:
         return to_jsonable(dataclasses.asdict(self.params))
 
-    def run(self, ctx: ProbeContext) -> dict:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def run(self, ctx: ProbeContext) -> dict:
+        """Measure: the probe's JSON-able result."""
 
-    def render(self, result: dict, section) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def render(self, result: dict, section) -> None:
+        """Write the probe's report section from its result."""
 
     def summary(self, result: dict) -> list[tuple[str, str]]:
         """(label, value) pairs for the CLI table and the report summary."""

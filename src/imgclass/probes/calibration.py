@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from .. import metrics
 from .base import Probe, ProbeContext, register_probe
 
@@ -83,7 +84,7 @@ class CalibrationProbe(Probe):
         else:
             n = len(labels)
             if not 0 < self.params.holdout < 1:
-                raise ValueError(f"calibration holdout must lie in (0, 1), got {self.params.holdout}")
+                raise UsageError(f"calibration holdout must lie in (0, 1), got {self.params.holdout}")
             perm = ctx.generator("calibration-holdout").permutation(n)
             n_fit = int(round(n * self.params.holdout))
             fit_idx, eval_idx = np.sort(perm[:n_fit]), np.sort(perm[n_fit:])

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from .base import CliFlag, Probe, ProbeContext, register_probe
 
 # AlexNet top-1 errors on ImageNet-C, averaged over severities 1-5 (Hendrycks & Dietterich, ICLR 2019; the
@@ -50,7 +51,7 @@ def _names(value) -> tuple[str, ...]:
     names = tuple(value)
     bad = [n for n in names if n not in CORRUPTIONS]
     if bad or not names:
-        raise ValueError(f"unknown corruption(s) {bad or names}; known: {', '.join(CORRUPTIONS)} "
+        raise UsageError(f"unknown corruption(s) {bad or names}; known: {', '.join(CORRUPTIONS)} "
                          f"(or all, common, extra)")
     return names
 
@@ -62,7 +63,7 @@ def _severities(value) -> tuple[int, ...]:
         value = [value]
     sev = tuple(int(v) for v in value)
     if not sev or any(s not in (1, 2, 3, 4, 5) for s in sev):
-        raise ValueError(f"severities must be integers in 1..5, got {value!r}")
+        raise UsageError(f"severities must be integers in 1..5, got {value!r}")
     return tuple(sorted(set(sev)))
 
 
@@ -95,7 +96,7 @@ class CorruptionsProbe(Probe):
         size = ctx.classifier.config.input_size[1]
         pset = self.params.params or ("cifar10" if size <= 64 else "imagenet")
         if pset not in PARAM_SETS:
-            raise ValueError(f"unknown corruption parameter set {pset!r}; known: {', '.join(PARAM_SETS)}")
+            raise UsageError(f"unknown corruption parameter set {pset!r}; known: {', '.join(PARAM_SETS)}")
         eng, ds = ctx.engine, ctx.dataset
         al = eng.alignment(ds)
 
@@ -163,9 +164,9 @@ class CorruptionsProbe(Probe):
             raise FileNotFoundError(f"baseline results {path} not found (give a run's results.json)")
         base = json.loads(p.read_text()).get("probes", {}).get("corruptions")
         if not base:
-            raise ValueError(f"{path} has no probes.corruptions result to compare with")
+            raise UsageError(f"{path} has no probes.corruptions result to compare with")
         if base.get("parameter_set") != r["parameter_set"]:
-            raise ValueError(f"baseline used the {base.get('parameter_set')} corruption parameters, this run "
+            raise UsageError(f"baseline used the {base.get('parameter_set')} corruption parameters, this run "
                              f"{r['parameter_set']}: errors are not comparable")
         shared = [c for c in r["corruptions"] if c in base.get("accuracy", {})]
         ce, rel = {}, {}

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from .base import CliFlag, Probe, ProbeContext, register_probe
 
 BASELINES = {"random": None, "random_smooth": 7}  # name -> grid cells of the random map (None: per pixel)
@@ -69,9 +70,9 @@ class ExplanationsProbe(Probe):
         methods = list(p.methods)
         unknown = [m for m in methods + list(p.randomization_methods or ()) if m not in METHODS]
         if unknown:
-            raise ValueError(f"explanations: unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(METHODS))}")
+            raise UsageError(f"explanations: unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(METHODS))}")
         if p.target not in {"predicted", "label"}:
-            raise ValueError(f"explanations: target must be 'predicted' or 'label', got {p.target!r}")
+            raise UsageError(f"explanations: target must be 'predicted' or 'label', got {p.target!r}")
         tcav_target = self._check_tcav(ctx.classifier)
         rmethods = list(p.randomization_methods or methods) if p.randomization else []
         eng, clf, ds = ctx.engine, ctx.classifier, ctx.dataset
@@ -84,7 +85,7 @@ class ExplanationsProbe(Probe):
         def model_targets(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             if al.groups is not None:
                 if p.target == "label":
-                    raise ValueError("explanations: target='label' needs dataset classes that are model classes")
+                    raise UsageError("explanations: target='label' needs dataset classes that are model classes")
                 return logits.argmax(1)
             col = al.index.to(logits.device)
             return col[labels] if p.target == "label" else col[al.apply(logits).argmax(1)]
@@ -172,14 +173,14 @@ class ExplanationsProbe(Probe):
         if not p.tcav_concepts:
             return None
         if p.tcav_target is None or str(p.tcav_target) == "":
-            raise ValueError("explanations: tcav_concepts need tcav_target (the model class to test)")
+            raise UsageError("explanations: tcav_concepts need tcav_target (the model class to test)")
         if len(p.tcav_random) < 3:
-            raise ValueError(f"explanations: TCAV needs at least 3 tcav_random folders, got {len(p.tcav_random)}")
+            raise UsageError(f"explanations: TCAV needs at least 3 tcav_random folders, got {len(p.tcav_random)}")
         if p.tcav_images < 2:
-            raise ValueError(f"explanations: tcav_images must be >= 2, got {p.tcav_images}")
+            raise UsageError(f"explanations: tcav_images must be >= 2, got {p.tcav_images}")
         target = class_index(clf, str(p.tcav_target))
         if not 0 <= target < clf.num_classes:
-            raise ValueError(f"explanations: tcav_target {p.tcav_target!r} is not a class of the model")
+            raise UsageError(f"explanations: tcav_target {p.tcav_target!r} is not a class of the model")
         return target
 
     def _tcav(self, ctx: ProbeContext, target: int) -> dict:
@@ -196,13 +197,13 @@ class ExplanationsProbe(Probe):
         labels = ds.labels
         pool = np.flatnonzero(np.isin(labels, members))
         if len(pool) < 2:
-            raise ValueError(f"explanations: TCAV needs at least 2 images of class {clf.class_names[target]!r} in "
+            raise UsageError(f"explanations: TCAV needs at least 2 images of class {clf.class_names[target]!r} in "
                              f"the dataset, found {len(pool)}")
         rng = ctx.generator("explanations-tcav")
         sel = np.sort(rng.choice(pool, size=min(p.tcav_images, len(pool)), replace=False))
         res = eng.map(ds.subset(sel), lambda b: {"x": eng.to_float(b.images).contiguous()}, desc="TCAV images")
         if len(res.indices) < 2:
-            raise ValueError("explanations: fewer than 2 readable images of the TCAV target class")
+            raise UsageError("explanations: fewer than 2 readable images of the TCAV target class")
         r = tcav(clf, res.outputs["x"], target, concepts=dict(p.tcav_concepts), random=list(p.tcav_random),
                  layer=p.tcav_layer, seed=ctx.seed, batch_size=p.internal_batch_size)
         return {**r.to_dict(), "n_class_images": int(len(res.indices)),

@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
+from ..errors import UsageError
 from .base import Probe, ProbeContext, register_probe
 
 _STIMULUS = re.compile(r"^([a-z]+)\d+-([a-z]+)\d+$")
@@ -27,7 +28,7 @@ def texture_category(sample_id: str) -> str:
     """``cat/cat7-elephant1.png`` -> ``elephant``."""
     m = _STIMULUS.match(PurePosixPath(sample_id).stem)
     if not m:
-        raise ValueError(f"{sample_id}: not a cue-conflict stimulus name (<shape><i>-<texture><j>.<ext>)")
+        raise UsageError(f"{sample_id}: not a cue-conflict stimulus name (<shape><i>-<texture><j>.<ext>)")
     return m.group(2)
 
 
@@ -44,7 +45,7 @@ class ShapeBiasProbe(Probe):
     def run(self, ctx: ProbeContext) -> dict:
         ds = ctx.dataset
         if ds.classes.members is None:
-            raise ValueError(
+            raise UsageError(
                 f"shape_bias needs the 16-class cue-conflict stimuli (zoo:cue-conflict, or a folder of them with "
                 f"?classes=cue-conflict); {ds.spec} has plain classes"
             )
@@ -56,7 +57,7 @@ class ShapeBiasProbe(Probe):
         textures = [texture_category(ds.sample_id(int(i))) for i in pred.indices]
         unknown = sorted(set(textures) - set(index))
         if unknown:
-            raise ValueError(f"texture categories {unknown} of {ds.spec} are not among its classes {names}")
+            raise UsageError(f"texture categories {unknown} of {ds.spec} are not among its classes {names}")
         texture = np.array([index[t] for t in textures])
         conflict = shape != texture
         is_shape = (decision == shape) & conflict

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.transforms import EvalTransform
+from ..errors import UsageError
 from .base import CliFlag, Probe, ProbeContext, register_probe
 
 VIEW_SETS = ("flip", "ten_crop", "zoom")
@@ -44,7 +44,7 @@ def build_views(*, sets: tuple[str, ...], square: int, input_size: int, zoom_sca
     """The view grid; ``square`` is the side S of the pre-crop image, ``input_size`` the model's side."""
     unknown = set(sets) - set(VIEW_SETS)
     if unknown:
-        raise ValueError(f"unknown TTA view set(s) {sorted(unknown)}; known: {', '.join(VIEW_SETS)}")
+        raise UsageError(f"unknown TTA view set(s) {sorted(unknown)}; known: {', '.join(VIEW_SETS)}")
     views = [View("center", *_center(square, input_size), False, ("center", "flip", "ten_crop"))]
     if "flip" in sets or "ten_crop" in sets:
         views.append(View("center-flip", *_center(square, input_size), True, ("flip", "ten_crop")))
@@ -108,7 +108,7 @@ class TTAProbe(Probe):
         cfg = clf.config
         h, w = cfg.input_size[1:]
         if h != w:
-            raise ValueError(f"tta needs a square model input, got {h}x{w}")
+            raise UsageError(f"tta needs a square model input, got {h}x{w}")
         square = math.floor(h / cfg.crop_pct)
         views = build_views(sets=tuple(self.params.views), square=square, input_size=h,
                             zoom_scales=tuple(self.params.zoom_scales), zoom_grid=self.params.zoom_grid)

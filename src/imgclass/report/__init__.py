@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from .images import data_uri
 
 __all__ = ["Report", "Section", "render_report"]
 
@@ -68,11 +68,15 @@ class Section:
         plt.close(fig)
         self.image_png(buf.getvalue(), caption)
 
-    def image_png(self, png: bytes, caption: str = "", width: int | None = None) -> None:
-        data = base64.b64encode(png).decode()
+    def image_png(self, png: bytes | str, caption: str = "", width: int | None = None) -> None:
+        """A PNG (bytes, or base64 text as stored in results) as a figure."""
+        self.image(png, caption, width=width, mime="image/png")
+
+    def image(self, data: bytes | str, caption: str = "", *, width: int | None = None, mime: str = "image/png") -> None:
+        """An encoded image (bytes, or base64 text as stored in results) as a figure."""
         w = f' width="{width}"' if width else ""
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self.parts.append(f'<figure><img src="data:image/png;base64,{data}"{w} alt="{html.escape(caption)}">{cap}</figure>')
+        self.parts.append(f'<figure><img src="{data_uri(data, mime)}"{w} alt="{html.escape(caption)}">{cap}</figure>')
 
 
 @dataclass
@@ -98,13 +102,9 @@ class Report:
                 f"<div class='meta'>{meta}</div><nav>{nav}</nav>{body}</body></html>")
 
     def write(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(self.to_html())
-        os.replace(tmp, path)
-        return path
+        from ..files import atomic_write
+
+        return atomic_write(path, self.to_html())
 
 
 def render_report(results: dict) -> Report:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
 from ..attacks import get_attack, project
 from .losses import classification_loss, trades_kl
 
@@ -83,11 +84,11 @@ class AdversarialTraining:
     @classmethod
     def from_config(cls, cfg) -> "AdversarialTraining":
         if cfg.adv not in {"pgd", "trades"}:
-            raise ValueError(f"adv must be 'pgd' or 'trades', got {cfg.adv!r}")
+            raise UsageError(f"adv must be 'pgd' or 'trades', got {cfg.adv!r}")
         if cfg.mixup > 0 or cfg.cutmix > 0:
-            raise ValueError("adversarial training with mixup/cutmix is not supported; set mixup=0 and cutmix=0")
+            raise UsageError("adversarial training with mixup/cutmix is not supported; set mixup=0 and cutmix=0")
         if cfg.advprop and cfg.adv != "pgd":
-            raise ValueError("advprop pairs clean and PGD examples: use adv=pgd with advprop")
+            raise UsageError("advprop pairs clean and PGD examples: use adv=pgd with advprop")
         step = cfg.adv_step_size if cfg.adv_step_size is not None else 2.5 * cfg.adv_eps / cfg.adv_steps
         return cls(cfg.adv, float(cfg.adv_eps), int(cfg.adv_steps), float(step), float(cfg.trades_beta),
                    bool(cfg.advprop), int(cfg.seed))

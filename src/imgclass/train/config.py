@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from ..errors import UsageError
+
 __all__ = ["TrainConfig", "load_recipe", "apply_overrides", "RECIPES_DIR", "list_recipes"]
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -95,7 +97,7 @@ class TrainConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(fields))
         if unknown:
-            raise ValueError(f"unknown training setting(s) {', '.join(unknown)}; see `imgclass train --list-settings`")
+            raise UsageError(f"unknown training setting(s) {', '.join(unknown)}; see `imgclass train --list-settings`")
         kw = {}
         for k, v in d.items():
             default = getattr(cls(), k)
@@ -115,10 +117,10 @@ def load_recipe(name_or_path: str | None) -> dict:
     if not p.is_file():
         p = RECIPES_DIR / f"{name_or_path}.yaml"
     if not p.is_file():
-        raise ValueError(f"no recipe {name_or_path!r}: not a file, and not one of {', '.join(list_recipes())}")
+        raise UsageError(f"no recipe {name_or_path!r}: not a file, and not one of {', '.join(list_recipes())}")
     data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{p}: a recipe is a mapping of settings")
+        raise UsageError(f"{p}: a recipe is a mapping of settings")
     return data
 
 
@@ -128,7 +130,7 @@ def apply_overrides(settings: dict, overrides: list[str]) -> dict:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
         try:
             value: Any = ast.literal_eval(raw)
         except (ValueError, SyntaxError):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from ..errors import UsageError
 from ..data.base import ImageDataset, Sample
 from ..data.transforms import EvalTransform
 
@@ -69,7 +70,7 @@ def build_augment(cfg, size: int) -> v2.Compose:
     elif cfg.crop == "none":
         steps.append(_Resize(size))
     else:
-        raise ValueError(f"crop must be 'pad', 'rrc' or 'none', got {cfg.crop!r}")
+        raise UsageError(f"crop must be 'pad', 'rrc' or 'none', got {cfg.crop!r}")
     if cfg.hflip:
         steps.append(v2.RandomHorizontalFlip())
     if cfg.auto_augment:
@@ -116,7 +117,7 @@ def _auto_augment(spec: str, cfg):
         return v2.TrivialAugmentWide()
     if spec.startswith("rand-"):
         return _TimmAugment(spec, cfg.mean or (0.485, 0.456, 0.406))
-    raise ValueError(f"unknown auto_augment {spec!r}: randaugment[:M], autoaugment[:cifar10], trivialaugment, "
+    raise UsageError(f"unknown auto_augment {spec!r}: randaugment[:M], autoaugment[:cifar10], trivialaugment, "
                      "or a timm string such as rand-m7-mstd0.5-inc1")
 
 

@@ -15,6 +15,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
 from ..data import load_dataset
 from ..data.labels import align_labels
 from ..distributed import DistInfo, init_distributed
@@ -26,7 +27,7 @@ from ..probes import ProbeContext, get_probe
 from .config import TrainConfig
 from .data import EpochBatchSampler, TrainView, build_augment, seed_for
 from .losses import classification_loss, kd_loss
-from .state import BEST, save_training_checkpoint, load_training_state
+from .state import save_training_checkpoint, load_training_state
 
 __all__ = ["train", "build_student"]
 
@@ -131,7 +132,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
     out = Path(out)
     run = _Run(cfg, out, progress)
     if not cfg.data:
-        raise ValueError("no training data: give DATA or set data=... in the recipe")
+        raise UsageError("no training data: give DATA or set data=... in the recipe")
     if run.dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
@@ -155,7 +156,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
     sampler0 = EpochBatchSampler(len(train_ds), cfg.batch_size, run.dist.world_size, run.dist.rank, cfg.seed)
     steps_per_epoch = sampler0.steps_per_epoch
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_ds)} training images are fewer than one global batch "
+        raise UsageError(f"{len(train_ds)} training images are fewer than one global batch "
                          f"({cfg.batch_size} x {run.dist.world_size})")
     updates_per_epoch = math.ceil(steps_per_epoch / cfg.accum_steps)
     optimizer = create_optimizer_v2(clf.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -190,7 +191,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
     if state is not None:
         diff = sorted(k for k, v in cfg.to_dict().items() if k not in _RESUME_FREE and state["config"].get(k) != v)
         if diff:
-            raise ValueError(f"{out} holds a run with other settings ({', '.join(diff)}); use a new --out "
+            raise UsageError(f"{out} holds a run with other settings ({', '.join(diff)}); use a new --out "
                              "or the same settings to resume")
         clf.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
+
 __all__ = ["classification_loss", "kd_loss", "trades_kl"]
 
 
@@ -22,7 +24,7 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, *, kind: str
             if label_smoothing:
                 target = target * (1 - label_smoothing) + label_smoothing / logits.shape[1]
         return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(logits)
-    raise ValueError(f"loss must be 'ce' or 'bce', got {kind!r}")
+    raise UsageError(f"loss must be 'ce' or 'bce', got {kind!r}")
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, *, mode: str = "soft",
@@ -39,7 +41,7 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, 
         T = temperature
         kd = F.kl_div((s / T).log_softmax(1), (t / T).log_softmax(1), reduction="batchmean", log_target=True)
         return alpha * T * T * kd + (1 - alpha) * classification_loss(s, target, label_smoothing=label_smoothing)
-    raise ValueError(f"kd must be 'soft' or 'function_matching', got {mode!r}")
+    raise UsageError(f"kd must be 'soft' or 'function_matching', got {mode!r}")
 
 
 def trades_kl(adv_logits: torch.Tensor, clean_logits: torch.Tensor) -> torch.Tensor:

@@ -9,12 +9,11 @@ state file. Both are written to temporary names and renamed into place, the stat
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..files import atomic_write
 from ..models.checkpoint import read_checkpoint, save_checkpoint
 from ..models.classifier import Classifier
 
@@ -24,16 +23,7 @@ LAST, BEST = "last.safetensors", "best.safetensors"
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, writer=lambda tmp: torch.save(obj, tmp))
 
 
 def save_training_checkpoint(out: Path, *, classifier: Classifier, weights: dict, state: dict, meta: dict,
