@@ -23,6 +23,7 @@ from .data.base import ImageDataset, Sample
 from .data.labels import Alignment, align_labels
 from .data.transforms import EvalTransform
 from .errors import ImgclassError, UsageError
+from .device import resolve_device
 from .distributed import DistInfo, all_gather_objects, init_distributed
 from .models.classifier import Classifier
 
@@ -117,7 +118,7 @@ class Engine:
     ):
         if on_error not in {"skip", "fail"}:
             raise UsageError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.dist = dist if dist is not None else init_distributed(str(self.device))
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)

@@ -12,10 +12,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .errors import UnknownNameError
 from . import __version__
 from .data import ImageDataset, load_dataset
 from .engine import Engine
+from .errors import UsageError
 from .files import write_json
 from .models import Classifier, load_model
 from .probes import PROBES, ProbeContext, get_probe, to_jsonable
@@ -58,16 +58,25 @@ def evaluate(
     ``limit`` evaluates a seeded random subset of that many samples (kept in dataset order).
     """
     probe_params = probe_params or {}
-    unknown = [p for p in probes if p not in PROBES]
-    if unknown:
-        raise UnknownNameError(f"unknown probe(s) {', '.join(unknown)}; known probes: {', '.join(sorted(PROBES))}")
+    if not probes:
+        raise UsageError("no probes to run; see `imgclass probes`")
+    for name in probes:
+        PROBES[name]  # an unknown name raises here, with the close matches and the list
     stray = set(probe_params) - set(probes)
     if stray:
-        raise UnknownNameError(f"parameters given for probe(s) not run: {', '.join(sorted(stray))}")
+        raise UsageError(f"parameters given for probe(s) that do not run: {', '.join(sorted(stray))} "
+                         f"(running: {', '.join(probes)})")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}")
     instances = {name: get_probe(name, **probe_params.get(name, {})) for name in probes}
     torch.manual_seed(seed)
-    clf = load_model(model)
     full = load_dataset(data)
+    clf = load_model(model)
+    if not full.labeled:
+        need = [name for name in probes if PROBES[name].needs_labels]
+        if need:
+            raise UsageError(f"{full.spec} is unlabeled (a flat folder of images, or labels=none), and probe(s) "
+                             f"{', '.join(need)} measure against labels: put the images in one sub-folder per class")
     ds = full
     subset = None
     if limit is not None and limit < len(full):
@@ -94,6 +103,9 @@ def evaluate(
         "timing": {},
         "warnings": [],
     }
+    if limit is not None and limit >= len(full):
+        results["warnings"].append(f"--limit {limit} is not below the dataset's {len(full)} samples: every sample "
+                                   "was evaluated")
     if alignment.method == "index":
         results["warnings"].append(
             "Class names of the model or the data are unknown: classes were matched by index. "

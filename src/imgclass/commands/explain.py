@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 
 from ..errors import UsageError
 
@@ -19,7 +18,7 @@ def add_command(sub) -> None:
                     "extremal.",
     )
     p.add_argument("model", help="model spec (timm:..., zoo:..., file:..., onnx:..., tflite:...)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images (any depth)")
     p.add_argument("--method", default="gradcam", help="comma-separated methods (default: gradcam)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--save-npy", action="store_true", help="also write the raw maps as .npy")
@@ -31,23 +30,6 @@ def add_command(sub) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the colormap in the overlays")
     p.set_defaults(func=_run)
-
-
-def _method_params(items: list[str], methods: list[str]) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        method, dot, param = key.partition(".")
-        if not sep or not dot:
-            raise UsageError(f"--set {item!r}: expected METHOD.PARAM=VALUE")
-        if method not in methods:
-            raise UsageError(f"--set {item!r}: method {method!r} is not among --method {','.join(methods)}")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        out.setdefault(method, {})[param] = value
-    return out
 
 
 def _stems(paths: list[str]) -> list[str]:
@@ -73,19 +55,15 @@ def _run(args: argparse.Namespace) -> int:
     from ..explain import METHODS, explain, load_images, overlay
     from ..explain.base import class_index
     from ..explain.cam import cam_layer
-    from ..explain.images import save_png
+    from ..device import resolve_device
+    from ..explain.images import image_files, save_png
+    from ..settings import parse_sets
     from ..models import load_model
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        print(f"error: unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(METHODS))}", file=sys.stderr)
-        return 2
-    try:
-        params = _method_params(args.set, methods)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for m in methods:
+        METHODS[m]  # an unknown name is a usage error with the close matches and the list
+    params = parse_sets(args.set, form="METHOD.PARAM=VALUE", groups=methods)
     if args.layer:
         takers = [m for m in methods if "layer" in METHODS[m].params]
         if not takers:
@@ -96,16 +74,17 @@ def _run(args: argparse.Namespace) -> int:
             params.setdefault(m, {})["layer"] = args.layer
     for m in methods:
         METHODS[m].check_params(params.get(m, {}))
-    missing = [p for p in args.images if not Path(p).is_file()]
+    missing = [p for p in args.images if not Path(p).exists()]
     if missing:
-        print(f"error: no such file: {', '.join(missing)}", file=sys.stderr)
+        print(f"error: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return 2
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    files = [str(f) for p in args.images for f in (image_files(p) if Path(p).is_dir() else [p])]
+    device = resolve_device(args.device)
     clf = load_model(args.model, device=device)
     if args.layer:
         cam_layer(clf, args.layer)  # a missing layer is reported before any work
     try:
-        images = load_images(args.images, clf.config)
+        images = load_images(files, clf.config)
     except ImageError as e:
         print(f"error: {e.path}: {e.reason}", file=sys.stderr)
         return 1
@@ -122,9 +101,9 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stems = _stems(args.images)
+    stems = _stems(files)
     names = clf.class_names
-    for i, (path, stem) in enumerate(zip(args.images, stems)):
+    for i, (path, stem) in enumerate(zip(files, stems)):
         top = int(probs[i].argmax())
         print(f"{path}: predicted {names[top]} ({float(probs[i, top]):.3f}); explaining {names[int(t[i])]} "
               f"({float(probs[i, int(t[i])]):.3f})")

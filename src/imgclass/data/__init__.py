@@ -100,6 +100,9 @@ def _override_classes(ds: ImageDataset, opts: Options) -> ImageDataset:
     c = opts.str("classes")
     if c is None:
         return ds
+    if not ds.labeled:
+        raise SpecError(f"{ds.spec}: classes={c} names the classes of class sub-folders, but this dataset is "
+                        "unlabeled (a flat folder of images, or labels=none)")
     space = named_space(c)
     lookup = {_norm(n): i for i, n in enumerate(space.names)}
     found = [lookup.get(_norm(n)) for n in ds.classes.names]
@@ -121,14 +124,17 @@ def _norm(name: str) -> str:
     return name.strip().lower().replace("_", " ")
 
 
-@register_dataset_source("folder", "folder:DIR - one sub-folder per class (ImageFolder), images at any depth")
+@register_dataset_source("folder", "folder:DIR[?labels=none] - one sub-folder per class (ImageFolder), images at any "
+                                   "depth; a flat folder of images (or labels=none) is unlabeled")
 def _folder(s: Spec, opts: Options) -> ImageDataset:
-    return _override_classes(FolderDataset(s.target, spec=s.text, max_pixels=_max_pixels(opts)), opts)
+    ds = FolderDataset(s.target, spec=s.text, max_pixels=_max_pixels(opts), labels=opts.str("labels", "auto"))
+    return _override_classes(ds, opts)
 
 
-@register_dataset_source("tar", "tar:FILE[?root=DIR] - plain or compressed tarball laid out like a folder")
+@register_dataset_source("tar", "tar:FILE[?root=DIR&labels=none] - plain or compressed tarball laid out like a folder")
 def _tar(s: Spec, opts: Options) -> ImageDataset:
-    ds = TarDataset(s.target, root=opts.str("root"), spec=s.text, max_pixels=_max_pixels(opts))
+    ds = TarDataset(s.target, root=opts.str("root"), spec=s.text, max_pixels=_max_pixels(opts),
+                    labels=opts.str("labels", "auto"))
     return _override_classes(ds, opts)
 
 

@@ -55,6 +55,11 @@ class ImageDataset(torch.utils.data.Dataset):
     def labels(self) -> np.ndarray:
         return np.fromiter((self.label(i) for i in range(len(self))), dtype=np.int64, count=len(self))
 
+    @property
+    def labeled(self) -> bool:
+        """False for a dataset without labels (a flat folder of images; every label is -1)."""
+        return not self.classes.is_unlabeled
+
     def __getitem__(self, i: int) -> Sample:
         try:
             return Sample(i, self.label(i), self.load(i))
@@ -65,7 +70,7 @@ class ImageDataset(torch.utils.data.Dataset):
         return SubsetDataset(self, indices)
 
     def describe(self) -> dict:
-        return {"spec": self.spec, "n_samples": len(self), "n_classes": len(self.classes),
+        return {"spec": self.spec, "n_samples": len(self), "n_classes": len(self.classes), "labeled": self.labeled,
                 "classes": self.classes.to_dict(), "soft_labels": self.soft_label_source}
 
 

@@ -69,6 +69,15 @@ class LabelSpace:
     def anonymous(cls, n: int) -> "LabelSpace":
         return cls(tuple(str(i) for i in range(n)), None, False, None)
 
+    @classmethod
+    def unlabeled(cls) -> "LabelSpace":
+        """The classes of a dataset without labels (a flat folder of images): none; every label is -1."""
+        return cls((), None, True, "unlabeled")
+
+    @property
+    def is_unlabeled(self) -> bool:
+        return self.tag == "unlabeled" and not self.names
+
     def short_names(self) -> list[str]:
         """First synonym of each name ('tench, Tinca tinca' -> 'tench'), for plots and tables."""
         return [n.split(",")[0].strip() for n in self.names]

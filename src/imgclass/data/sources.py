@@ -86,14 +86,24 @@ class _FileDataset(ImageDataset):
         return _to_tensor(decode_image(data, path, max_pixels=self.max_pixels))
 
 
-def _index_by_class(rel_paths: list[str], spec: str) -> tuple[list[str], np.ndarray, LabelSpace]:
-    """ImageFolder semantics: the first path component is the class, files may nest below it."""
+def _index_by_class(rel_paths: list[str], spec: str, labels: str = "auto"
+                    ) -> tuple[list[str], np.ndarray, LabelSpace]:
+    """ImageFolder semantics: the first path component is the class, files may nest below it.
+
+    ``labels='none'`` (or ``'auto'`` when no image sits in a sub-folder but some sit at the top) gives an
+    unlabeled dataset of every image at any depth: no classes, every label -1.
+    """
+    if labels not in ("auto", "folders", "none"):
+        raise DatasetSourceError(f"{spec}: labels={labels!r} must be auto, folders or none")
+    images = [rp for rp in rel_paths if _is_image_name(rp) and not _hidden(PurePosixPath(rp).parts)]
     by_class: dict[str, list[str]] = {}
-    for rp in rel_paths:
+    for rp in images:
         parts = PurePosixPath(rp).parts
-        if len(parts) < 2 or _hidden(parts) or not _is_image_name(parts[-1]):
-            continue
-        by_class.setdefault(parts[0], []).append(rp)
+        if len(parts) >= 2:
+            by_class.setdefault(parts[0], []).append(rp)
+    if labels == "none" or (labels == "auto" and not by_class and images):
+        files = sorted(images)
+        return files, np.full(len(files), -1, dtype=np.int64), LabelSpace.unlabeled()
     if not by_class:
         raise DatasetSourceError(
             f"{spec}: no images in class sub-folders (expected <class>/<...>/<image> with one of "
@@ -109,9 +119,14 @@ def _index_by_class(rel_paths: list[str], spec: str) -> tuple[list[str], np.ndar
 
 
 class FolderDataset(_FileDataset):
-    """``folder:DIR``: one sub-folder per class, images at any depth below it, hidden files ignored."""
+    """``folder:DIR``: one sub-folder per class, images at any depth below it, hidden files ignored.
 
-    def __init__(self, root: str | os.PathLike, *, spec: str = "", max_pixels: int = DEFAULT_MAX_PIXELS):
+    A flat folder of images (none in sub-folders) is an unlabeled dataset; ``labels='none'`` makes any folder one
+    (every image at any depth, no classes), ``labels='folders'`` insists on class sub-folders.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, spec: str = "", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 labels: str = "auto"):
         self.root = Path(root).expanduser()
         self.spec = spec or f"folder:{root}"
         self.max_pixels = max_pixels
@@ -122,7 +137,7 @@ class FolderDataset(_FileDataset):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             base = Path(dirpath).relative_to(self.root)
             rel.extend((base / f).as_posix() for f in filenames if not f.startswith("."))
-        self.files, self.targets, self.classes = _index_by_class(rel, self.spec)
+        self.files, self.targets, self.classes = _index_by_class(rel, self.spec, labels)
 
     def _display_path(self, i: int) -> str:
         return str(self.root / self.files[i])
@@ -144,7 +159,7 @@ class TarDataset(_FileDataset):
     MEMORY_LIMIT = 1 << 30  # compressed tarballs below this are held decompressed in memory
 
     def __init__(self, path: str | os.PathLike, *, root: str | None = None, spec: str = "",
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, labels: str = "auto"):
         self.path = Path(path).expanduser()
         self.spec = spec or f"tar:{path}"
         self.max_pixels = max_pixels
@@ -160,7 +175,7 @@ class TarDataset(_FileDataset):
         names = list(members)
         prefix = self._root_prefix(names, root)
         rel = [n[len(prefix):] for n in names if n.startswith(prefix)]
-        self.files, self.targets, self.classes = _index_by_class(rel, self.spec)
+        self.files, self.targets, self.classes = _index_by_class(rel, self.spec, labels)
         self._offsets = np.asarray([members[prefix + f][0] for f in self.files], dtype=np.int64)
         self._sizes = np.asarray([members[prefix + f][1] for f in self.files], dtype=np.int64)
         self._prefix = prefix

@@ -81,6 +81,7 @@ class Probe(abc.ABC):
     title: ClassVar[str] = ""
     description: ClassVar[str] = ""
     cli_flags: ClassVar[tuple[CliFlag, ...]] = ()
+    needs_labels: ClassVar[bool] = True  # False: the probe also runs on unlabeled data (a flat folder of images)
 
     @dataclass
     class Params:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import json
+import hashlib
 import math
 import time
 from contextlib import nullcontext
@@ -16,8 +15,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
+from ..files import atomic_write, write_json
 from ..data import load_dataset
 from ..data.labels import align_labels
+from ..device import resolve_device
 from ..distributed import DistInfo, init_distributed
 from ..engine import Engine, _Collate, default_workers
 from ..models import load_model
@@ -25,15 +26,15 @@ from ..models.checkpoint import ARCHS, build_arch
 from ..models.classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, ModelConfig
 from ..probes import ProbeContext, get_probe
 from .config import TrainConfig
-from .data import EpochBatchSampler, TrainView, build_augment, seed_for
+from .data import EpochBatchSampler, TrainView, build_augment, seed_for, subset_indices
 from .losses import classification_loss, kd_loss
-from .state import save_training_checkpoint, load_training_state
+from .state import load_training_state, save_training_checkpoint, write_logs
 
 __all__ = ["train", "build_student"]
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 # settings that do not change the arithmetic: a run may resume with other values
-_RESUME_FREE = {"workers", "device", "tensorboard", "checkpoint_every", "eval_every"}
+_RESUME_FREE = {"workers", "device", "tensorboard", "checkpoint_every", "eval_every", "max_steps"}
 
 
 def build_student(cfg: TrainConfig, classes) -> Classifier:
@@ -66,24 +67,17 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, out: Path, progress: bool):
         self.cfg, self.out, self.progress = cfg, out, progress
-        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(cfg.device)
         self.dist: DistInfo = init_distributed(str(self.device))
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.cuda = self.device.type == "cuda"
 
     def log(self, row: dict, writer) -> None:
+        """After the checkpoint that holds ``row`` in its history: the log files from that history, TensorBoard."""
         if not self.dist.is_main:
             return
-        with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        path = self.out / "log.csv"
-        new = not path.exists()
-        with open(path, "a", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        write_logs(self.out, self.history)
         if writer is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "epoch":
@@ -123,8 +117,31 @@ def _summary(results: dict) -> dict:
     return row
 
 
+def _say(run: _Run, message: str) -> None:
+    if run.dist.is_main:
+        tqdm.write(message)
+
+
+def _load_train_data(cfg: TrainConfig, run: _Run, out: Path):
+    """The training set (the seeded ``subset`` of it if set) and what to record about the subset."""
+    full = load_dataset(cfg.data)
+    if cfg.subset is None:
+        return full, None
+    idx = subset_indices(len(full), cfg.subset, cfg.seed)
+    info = {"size": int(cfg.subset), "of": len(full), "seed": cfg.seed, "file": "subset.json",
+            "indices_sha256": hashlib.sha256(idx.astype("<i8").tobytes()).hexdigest()}
+    if run.dist.is_main:
+        write_json({"data": cfg.data, **info, "indices": idx.tolist(),
+                    "sample_ids": [full.sample_id(int(i)) for i in idx]}, out / "subset.json")
+    return full.subset(idx), info
+
+
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: bool = True) -> dict:
-    """Train per ``cfg`` into ``out``; resumes from ``out/last.safetensors`` if present. Returns the history."""
+    """Train per ``cfg`` into ``out``; resumes from ``out/last.safetensors`` if present.
+
+    Returns the history, the best validation top-1, the number of optimizer updates done and ``classifier``: the
+    trained model in memory (the EMA weights when ``ema`` is on), as the checkpoints hold it.
+    """
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
@@ -135,9 +152,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
         raise UsageError("no training data: give DATA or set data=... in the recipe")
     if run.dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+        atomic_write(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     torch.manual_seed(seed_for(cfg.seed, 1))
-    train_ds = load_dataset(cfg.data)
+    train_ds, subset_info = _load_train_data(cfg, run, out)
     val_ds = load_dataset(cfg.val_data) if cfg.val_data else None
     if val_ds is not None:
         align_labels(train_ds.classes, val_ds.classes)  # fail early on a mismatch
@@ -153,11 +170,16 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
 
         convert_dual_bn(clf.model)
 
-    sampler0 = EpochBatchSampler(len(train_ds), cfg.batch_size, run.dist.world_size, run.dist.rank, cfg.seed)
+    world = run.dist.world_size
+    sampler0 = EpochBatchSampler(len(train_ds), cfg.batch_size, world, run.dist.rank, cfg.seed,
+                                 drop_last=cfg.drop_last)
     steps_per_epoch = sampler0.steps_per_epoch
     if steps_per_epoch == 0:
         raise UsageError(f"{len(train_ds)} training images are fewer than one global batch "
-                         f"({cfg.batch_size} x {run.dist.world_size})")
+                         f"({cfg.batch_size} x {world}); lower batch_size or set drop_last=false")
+    if sampler0.dropped:
+        _say(run, f"drops the last {sampler0.dropped} images of each epoch (batch {cfg.batch_size} x {world} "
+                  f"process{'es' if world > 1 else ''}); set drop_last=false to train them too")
     updates_per_epoch = math.ceil(steps_per_epoch / cfg.accum_steps)
     optimizer = create_optimizer_v2(clf.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum, filter_bias_and_bn=cfg.no_wd_norm_bias)
@@ -189,7 +211,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
     start_epoch, start_step, num_updates, best, history = 0, 0, 0, -1.0, []
     state = load_training_state(out) if resume else None
     if state is not None:
-        diff = sorted(k for k, v in cfg.to_dict().items() if k not in _RESUME_FREE and state["config"].get(k) != v)
+        defaults = TrainConfig().to_dict()  # a run saved before a setting existed had its default
+        diff = sorted(k for k, v in cfg.to_dict().items()
+                      if k not in _RESUME_FREE and state["config"].get(k, defaults[k]) != v)
         if diff:
             raise UsageError(f"{out} holds a run with other settings ({', '.join(diff)}); use a new --out "
                              "or the same settings to resume")
@@ -201,8 +225,13 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
         best, history = state["best"], state["history"]
         if start_step >= steps_per_epoch:
             start_epoch, start_step = start_epoch + 1, 0
+        if start_epoch >= cfg.epochs:
+            _say(run, f"{out} has finished its {cfg.epochs} epochs ({num_updates} updates); nothing to train")
+        else:  # 1-based, as the progress bar counts
+            _say(run, f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}, step {start_step + 1}/"
+                      f"{steps_per_epoch} ({num_updates} updates done)")
         if run.dist.is_main:
-            tqdm.write(f"resuming {out} at epoch {start_epoch}, step {start_step} ({num_updates} updates done)")
+            write_logs(out, history)
     scheduler.step_update(num_updates)
 
     ddp = clf
@@ -233,86 +262,128 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
             weights = weights.state_dict()
         recipe = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}
         meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "num_updates": num_updates, "metrics": metrics,
-                "recipe": recipe, "weights": "ema" if ema is not None else "model"}
+                "recipe": recipe, "weights": "ema" if ema is not None else "model",
+                **({"subset": subset_info} if subset_info else {})}
         save_training_checkpoint(out, classifier=clf, weights=weights, state=st, meta=meta, best=is_best)
 
-    for epoch in range(start_epoch, cfg.epochs):
-        sampler = EpochBatchSampler(len(train_ds), cfg.batch_size, run.dist.world_size, run.dist.rank, cfg.seed,
-                                    epoch, start_step if epoch == start_epoch else 0)
-        loader = torch.utils.data.DataLoader(view, batch_sampler=sampler, num_workers=workers,
-                                             collate_fn=_Collate(), pin_memory=run.cuda,
-                                             prefetch_factor=4 if workers > 0 else None)
-        clf.train()
-        t0, seen, loss_sum, skipped = time.perf_counter(), 0, 0.0, 0
-        bar = tqdm(total=len(sampler), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   disable=not (progress and run.dist.is_main), leave=False, dynamic_ncols=True)
-        for k, (images, labels, _idx, bad) in enumerate(loader, start=sampler.start_step):
-            skipped += len(bad)
-            global_step = epoch * steps_per_epoch + k
-            step_seed = seed_for(cfg.seed, 104729, global_step)
-            torch.manual_seed(step_seed)
-            np.random.seed(step_seed)
-            x = images.to(run.device, non_blocking=True).float().div_(255)
-            y = labels.to(run.device, non_blocking=True)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            target = y
-            if mixer is not None and len(x) % 2 == 0:
-                x, target = mixer(x, y)
-            last_of_update = (k + 1) % cfg.accum_steps == 0 or k + 1 == steps_per_epoch
-            sync = nullcontext() if (last_of_update or not run.dist.enabled) else ddp.no_sync()
-            with sync:
-                with autocast():
-                    if adv is not None:
-                        loss = adv.loss(ddp, clf, x, y, step_seed, label_smoothing=cfg.label_smoothing)
-                    else:
-                        logits = ddp(x)
-                        if teacher is not None:
-                            with torch.no_grad():
-                                t_logits = teacher_al.apply(teacher(x))
-                            loss = kd_loss(logits, t_logits, target, mode=cfg.kd, temperature=cfg.kd_temperature,
-                                           alpha=cfg.kd_alpha, label_smoothing=0.0 if mixer else cfg.label_smoothing)
+    def reached_max_steps() -> bool:
+        return cfg.max_steps is not None and num_updates >= cfg.max_steps
+
+    stopped = reached_max_steps() and start_epoch < cfg.epochs
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if reached_max_steps():
+                break
+            sampler = EpochBatchSampler(len(train_ds), cfg.batch_size, world, run.dist.rank, cfg.seed,
+                                        epoch, start_step if epoch == start_epoch else 0, cfg.drop_last)
+            loader = torch.utils.data.DataLoader(view, batch_sampler=sampler, num_workers=workers,
+                                                 collate_fn=_Collate(), pin_memory=run.cuda,
+                                                 prefetch_factor=4 if workers > 0 else None)
+            clf.train()
+            t0, seen, images, loss_sum, skipped = time.perf_counter(), 0, 0, 0.0, 0
+            done_step = sampler.start_step
+            bar = tqdm(total=steps_per_epoch, initial=sampler.start_step, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       unit="step", disable=not (progress and run.dist.is_main), leave=False, dynamic_ncols=True)
+            for k, (images_u8, labels, _idx, bad) in enumerate(loader, start=sampler.start_step):
+                skipped += len(bad)
+                global_step = epoch * steps_per_epoch + k
+                step_seed = seed_for(cfg.seed, 104729, global_step)
+                torch.manual_seed(step_seed)
+                np.random.seed(step_seed)
+                x = images_u8.to(run.device, non_blocking=True).float().div_(255)
+                y = labels.to(run.device, non_blocking=True)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                # this rank's share of the update's mean: its own images x processes / images in the update
+                own = min(len(x), sampler.local_count(k))
+                first = k - k % cfg.accum_steps
+                group = sum(sampler.global_count(j) for j in range(first, min(first + cfg.accum_steps,
+                                                                              steps_per_epoch)))
+                weight = own * world / group
+                target, mixed = y, False
+                if mixer is not None and len(x) % 2 == 0:
+                    x, target = mixer(x, y)
+                    mixed = True
+                smoothing = 0.0 if mixed else cfg.label_smoothing  # mixup's targets carry the smoothing
+                last_of_update = (k + 1) % cfg.accum_steps == 0 or k + 1 == steps_per_epoch
+                sync = nullcontext() if (last_of_update or not run.dist.enabled) else ddp.no_sync()
+                with sync:
+                    with autocast():
+                        if adv is not None:
+                            loss = adv.loss(ddp, clf, x, y, step_seed, label_smoothing=cfg.label_smoothing)
                         else:
-                            loss = classification_loss(logits, target, kind=cfg.loss,
-                                                       label_smoothing=0.0 if mixer else cfg.label_smoothing)
-                scaler.scale(loss / cfg.accum_steps).backward()
-            if last_of_update:
-                if cfg.clip_grad:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(clf.model.parameters(), cfg.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                num_updates += 1
-                scheduler.step_update(num_updates)
-                if ema is not None:
-                    ema.update(clf, step=num_updates)
-                if cfg.checkpoint_every and num_updates % cfg.checkpoint_every == 0 and k + 1 < steps_per_epoch:
-                    checkpoint(epoch, k + 1, {})
-            seen += len(x)
-            loss_sum += float(loss.detach()) * len(x)
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
-        bar.close()
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
-               "images": seen * run.dist.world_size, "skipped": skipped, "seconds": round(seconds, 3),
-               "images_per_second": seen * run.dist.world_size / seconds if seconds > 0 else None}
-        metrics = {}
-        if val_ds is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            evaluated = ema.module if ema is not None else clf
-            metrics = _summary(validate(evaluated, val_ds, cfg, run))
-            row.update(metrics)
-        history.append(row)
-        run.log(row, writer)
-        score = metrics.get("val_top1", -1.0)
-        is_best = score > best
-        best = max(best, score)
-        checkpoint(epoch, steps_per_epoch, metrics, is_best=is_best and val_ds is not None)
-        start_step = 0
-        if progress and run.dist.is_main:
-            shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
-            tqdm.write(shown)
-    if writer is not None:
-        writer.close()
-    return {"history": history, "best_val_top1": best if best >= 0 else None, "out": str(out)}
+                            logits = ddp(x)
+                            if teacher is not None:
+                                with torch.no_grad():
+                                    t_logits = teacher_al.apply(teacher(x))
+                                loss = kd_loss(logits, t_logits, target, mode=cfg.kd, temperature=cfg.kd_temperature,
+                                               alpha=cfg.kd_alpha, label_smoothing=smoothing)
+                            else:
+                                loss = classification_loss(logits, target, kind=cfg.loss, label_smoothing=smoothing)
+                    scaler.scale(loss if weight == 1.0 else loss * weight).backward()
+                done_step = k + 1
+                if last_of_update:
+                    if cfg.clip_grad:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(clf.model.parameters(), cfg.clip_grad)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    num_updates += 1
+                    scheduler.step_update(num_updates)
+                    if ema is not None:
+                        ema.update(clf, step=num_updates)
+                    if reached_max_steps():
+                        stopped = True
+                    elif cfg.checkpoint_every and num_updates % cfg.checkpoint_every == 0 and k + 1 < steps_per_epoch:
+                        checkpoint(epoch, k + 1, {})
+                seen += own
+                images += sampler.global_count(k)
+                loss_sum += float(loss.detach()) * own
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
+                if stopped:
+                    break
+            bar.close()
+            seconds = time.perf_counter() - t0
+            finished = done_step >= steps_per_epoch
+            skipped = _sum_over_ranks(skipped, run)
+            row = {"epoch": epoch + 1, "updates": num_updates, "train_loss": loss_sum / max(seen, 1),
+                   "lr": optimizer.param_groups[0]["lr"], "images": images - skipped, "skipped": skipped,
+                   "seconds": round(seconds, 3), "images_per_second": (images - skipped) / seconds if seconds > 0 else None}
+            if not finished:
+                row["stopped"] = f"max_steps at step {done_step}/{steps_per_epoch}"
+            metrics = {}
+            due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+            if val_ds is not None and ((finished and due) or stopped):
+                evaluated = ema.module if ema is not None else clf
+                metrics = _summary(validate(evaluated, val_ds, cfg, run))
+                row.update(metrics)
+            history.append(row)
+            score = metrics.get("val_top1", -1.0)
+            is_best = score > best
+            best = max(best, score)
+            checkpoint(epoch, done_step, metrics, is_best=is_best and val_ds is not None)
+            run.log(row, writer)
+            start_step = 0
+            if progress and run.dist.is_main:
+                shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+                tqdm.write(shown)
+            if stopped:
+                break
+    finally:
+        if writer is not None:
+            writer.close()
+    if stopped:
+        _say(run, f"stopped at max_steps={cfg.max_steps} ({num_updates} updates); rerun with a larger max_steps "
+                  "(or max_steps=none) to continue")
+    return {"history": history, "best_val_top1": best if best >= 0 else None, "out": str(out),
+            "num_updates": num_updates, "classifier": ema.module if ema is not None else clf}
+
+
+def _sum_over_ranks(value: int, run: _Run) -> int:
+    if not run.dist.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=run.device)
+    torch.distributed.all_reduce(t)
+    return int(t.item())
