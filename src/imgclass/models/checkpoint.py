@@ -100,7 +100,8 @@ def build_arch(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
 def save_checkpoint(classifier: Classifier, path: str | os.PathLike, *, extra: dict | None = None,
                     arch_kwargs: dict | None = None, state_dict: dict | None = None) -> Path:
-    """Write ``classifier`` as safetensors with its metadata, atomically (temp file, then rename)."""
+    """Write ``classifier`` as safetensors with its metadata, atomically (temp file, then rename).
+    ``arch_kwargs`` default to the classifier's own (``classifier.arch_kwargs``)."""
     from safetensors.torch import save_file
 
     if classifier.arch is None:
@@ -113,7 +114,7 @@ def save_checkpoint(classifier: Classifier, path: str | os.PathLike, *, extra: d
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "arch": classifier.arch,
-        "arch_kwargs": arch_kwargs or {},
+        "arch_kwargs": dict(arch_kwargs if arch_kwargs is not None else getattr(classifier, "arch_kwargs", {})),
         "labels": classifier.labels.to_dict(),
         "config": classifier.config.to_dict(),
         "extra": extra or {},
@@ -236,6 +237,7 @@ def classifier_from_checkpoint(path: str | os.PathLike, *, arch: str | None = No
     if labels is None:
         labels = LabelSpace.anonymous(num_classes)
     return Classifier(model, labels=labels, config=config, source=source or f"file:{path}", arch=arch,
+                      arch_kwargs=meta.get("arch_kwargs", {}),
                       info={"checkpoint": str(path), **({"meta": meta["extra"]} if meta.get("extra") else {})})
 
 

@@ -79,6 +79,7 @@ class Classifier(nn.Module):
         arch: str | None = None,
         info: dict | None = None,
         cam_layer: str | None = None,
+        arch_kwargs: dict | None = None,
     ):
         super().__init__()
         self.model = model
@@ -86,6 +87,7 @@ class Classifier(nn.Module):
         self.config = config
         self.source = source
         self.arch = arch
+        self.arch_kwargs = dict(arch_kwargs or {})  # what build_arch(arch, ...) needs to rebuild the module
         self.info = dict(info or {})
         self._cam_layer = cam_layer
         self._head: nn.Module | None = None

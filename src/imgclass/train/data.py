@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..data.base import ImageDataset, Sample
 from ..data.transforms import EvalTransform
 
-__all__ = ["EpochBatchSampler", "TrainView", "build_augment", "seed_for"]
+__all__ = ["EpochBatchSampler", "TrainView", "build_augment", "seed_for", "subset_indices"]
 
 
 def seed_for(*keys: int) -> int:
@@ -26,12 +26,25 @@ def seed_for(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(1)[0])
 
 
+def subset_indices(n: int, size: int, seed: int) -> np.ndarray:
+    """The training subset of ``size`` of ``n`` images for ``seed``: distinct indices in increasing order (the same
+    whatever the number of processes)."""
+    if not 0 < size <= n:
+        raise UsageError(f"subset={size}: the training set has {n} images")
+    return np.sort(np.random.default_rng(seed_for(seed, 15485863)).choice(n, size, replace=False))
+
+
 @dataclass
 class EpochBatchSampler:
     """Local batches of ``(epoch, index)`` pairs for one process.
 
     Epoch e visits ``permutation(seed, e)``; global step s takes the s-th slice of ``batch_size * world``
-    indices and this rank its ``rank``-th part. The last incomplete global batch is dropped.
+    indices and this rank its ``rank``-th part. With ``drop_last`` the last incomplete global batch is dropped.
+    Without it, that batch of r images is trained too: rank i takes the i-th of ``world`` nearly equal parts of
+    it (the first ``r % world`` ranks one image more), so the union over ranks is still the single-process batch;
+    a rank whose part is empty (r < world) gets the batch's first image as a stand-in that the loop weighs 0
+    (see :meth:`local_count`). The loop weighs each rank's mean loss by ``local_count * world / global_count``,
+    which makes the averaged gradient the mean over the r images, as with one process.
     """
 
     n: int
@@ -41,19 +54,45 @@ class EpochBatchSampler:
     seed: int = 0
     epoch: int = 0
     start_step: int = 0
+    drop_last: bool = True
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.n // (self.batch_size * self.world)
+        g = self.global_batch
+        return self.n // g if self.drop_last else -(-self.n // g)
+
+    @property
+    def dropped(self) -> int:
+        """Images of each epoch that no step trains (the incomplete last global batch, with ``drop_last``)."""
+        return self.n - self.steps_per_epoch * self.global_batch if self.drop_last else 0
+
+    def global_count(self, step: int) -> int:
+        """Images in global step ``step`` (all ranks together)."""
+        return min(self.global_batch, self.n - step * self.global_batch)
+
+    def _bounds(self, step: int) -> tuple[int, int]:
+        """This rank's part of step ``step`` as positions in the epoch's permutation."""
+        q, extra = divmod(self.global_count(step), self.world)  # a full batch: q = batch_size, extra = 0
+        lo = step * self.global_batch + self.rank * q + min(self.rank, extra)
+        return lo, lo + q + (self.rank < extra)
+
+    def local_count(self, step: int) -> int:
+        """Images of step ``step`` that are this rank's own (0 when its batch is only the stand-in)."""
+        lo, hi = self._bounds(step)
+        return hi - lo
 
     def __len__(self) -> int:
         return max(0, self.steps_per_epoch - self.start_step)
 
     def __iter__(self):
         perm = np.random.default_rng(seed_for(self.seed, 7919, self.epoch)).permutation(self.n)
-        g = self.batch_size * self.world
         for s in range(self.start_step, self.steps_per_epoch):
-            part = perm[s * g + self.rank * self.batch_size: s * g + (self.rank + 1) * self.batch_size]
+            lo, hi = self._bounds(s)
+            part = perm[lo:hi] if hi > lo else perm[s * self.global_batch:s * self.global_batch + 1]
             yield [(self.epoch, int(i)) for i in part]
 
 

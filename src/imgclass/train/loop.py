@@ -42,7 +42,7 @@ def build_student(cfg: TrainConfig, classes) -> Classifier:
     n = len(classes)
     is_arch = cfg.model in ARCHS or (cfg.model.startswith("timm:") and "?" not in cfg.model)
     if is_arch:
-        kwargs = dict(cfg.arch_kwargs)
+        kwargs = dict(cfg.arch_kwargs)  # recorded in every checkpoint (Classifier.arch_kwargs) to rebuild the model
         if cfg.model in ARCHS:
             kwargs.setdefault("zero_init_last", cfg.zero_init_last)
         model = build_arch(cfg.model, n, **kwargs)
@@ -50,7 +50,7 @@ def build_student(cfg: TrainConfig, classes) -> Classifier:
         default_size = model.pretrained_cfg["input_size"][1] if cfg.model.startswith("timm:") else 32
     else:  # fine-tune a model spec (timm:NAME?pretrained=true, zoo:, file:)
         clf = load_model(cfg.model)
-        model, arch = clf.model, clf.arch
+        model, arch, kwargs = clf.model, clf.arch, clf.arch_kwargs
         if clf.num_classes != n or list(clf.class_names) != list(classes.names):
             model.reset_classifier(n)
         default_size = clf.input_size[1]
@@ -59,7 +59,8 @@ def build_student(cfg: TrainConfig, classes) -> Classifier:
     mean = tuple(cfg.mean) if cfg.mean else (CIFAR_MEAN if cifar else IMAGENET_MEAN)
     std = tuple(cfg.std) if cfg.std else (CIFAR_STD if cifar else IMAGENET_STD)
     config = ModelConfig((3, size, size), mean, std, cfg.crop_pct, cfg.interpolation)
-    return Classifier(model, labels=classes, config=config, source=f"train:{cfg.model}", arch=arch)
+    return Classifier(model, labels=classes, config=config, source=f"train:{cfg.model}", arch=arch,
+                      arch_kwargs=kwargs)
 
 
 class _Run:
@@ -73,11 +74,11 @@ class _Run:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.cuda = self.device.type == "cuda"
 
-    def log(self, row: dict, writer) -> None:
+    def log(self, row: dict, history: list[dict], writer) -> None:
         """After the checkpoint that holds ``row`` in its history: the log files from that history, TensorBoard."""
         if not self.dist.is_main:
             return
-        write_logs(self.out, self.history)
+        write_logs(self.out, history)
         if writer is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "epoch":
@@ -364,7 +365,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
             is_best = score > best
             best = max(best, score)
             checkpoint(epoch, done_step, metrics, is_best=is_best and val_ds is not None)
-            run.log(row, writer)
+            run.log(row, history, writer)
             start_step = 0
             if progress and run.dist.is_main:
                 shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())

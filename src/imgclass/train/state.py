@@ -5,10 +5,15 @@ position in the data order, best score, history; plain tensors and containers, s
 ``weights_only=True``) and ``last.safetensors``, a ``file:`` model checkpoint whose metadata names the
 state file. Both are written to temporary names and renamed into place, the state first, so
 ``last.safetensors`` always points to a complete state; older state files are removed afterwards.
+The logs (``log.jsonl``, ``log.csv``) are rewritten, atomically, from the history the checkpoint holds, so they
+never list an epoch twice after a resume.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from pathlib import Path
 
 import torch
@@ -17,7 +22,7 @@ from ..files import atomic_write
 from ..models.checkpoint import read_checkpoint, save_checkpoint
 from ..models.classifier import Classifier
 
-__all__ = ["save_training_checkpoint", "load_training_state", "LAST", "BEST"]
+__all__ = ["save_training_checkpoint", "load_training_state", "write_logs", "LAST", "BEST"]
 
 LAST, BEST = "last.safetensors", "best.safetensors"
 
@@ -51,3 +56,14 @@ def load_training_state(out: Path) -> dict | None:
     if not name or not (out / name).is_file():
         raise RuntimeError(f"{last} names no resume state (or {name} is missing); cannot resume from {out}")
     return torch.load(out / name, map_location="cpu", weights_only=True)
+
+
+def write_logs(out: Path, history: list[dict]) -> None:
+    """``log.jsonl`` (a row per line) and ``log.csv`` (the union of the rows' columns) from ``history``."""
+    atomic_write(out / "log.jsonl", "".join(json.dumps(row) + "\n" for row in history), fsync=False)
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    atomic_write(out / "log.csv", buf.getvalue(), fsync=False)
