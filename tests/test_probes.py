@@ -65,3 +65,54 @@ def test_probe_registry_and_parameters():
     with pytest.raises(KeyError, match="known probes"):
         get_probe("nope")
     assert get_probe("calibration", n_bins=20).param_dict()["n_bins"] == 20
+
+
+def _random_task(n: int, seed: int = 0, scale: float = 50.0):
+    """Labels independent of the images and a confidently wrong-headed model: nothing to calibrate on."""
+    import numpy as np
+
+    from helpers import tiny_classifier
+    from imgclass.data.base import ArrayDataset
+    from imgclass.data.labels import LabelSpace
+
+    g = np.random.default_rng(seed)
+    names = [f"c{i}" for i in range(10)]
+    ds = ArrayDataset(g.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), g.integers(0, 10, n),
+                      LabelSpace.from_names(names), spec=f"random{n}")
+    clf = tiny_classifier(names, seed=seed)
+    with torch.no_grad():
+        clf.model.fc.weight.mul_(scale)
+    return clf, ds
+
+
+def test_temperature_at_its_bound_is_a_warning_in_the_summary_and_the_report(tmp_path):
+    """Invariant: with labels independent of the inputs the NLL-optimal temperature is as large as allowed (uniform
+    probabilities): T lands at the search bound and the run says so, in results.json and in report.html."""
+    clf, ds = _random_task(400)
+    r = evaluate(clf, ds, probes=["calibration"], out=tmp_path, progress=False, workers=0)
+    c = r["probes"]["calibration"]
+    assert c["temperature"] == pytest.approx(20.0, rel=1e-3)
+    assert any("search bound" in w for w in c["warnings"])
+    assert any(w.startswith("calibration: the temperature sits at its search bound") for w in r["warnings"])
+    assert "search bound" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.parametrize("n,seed", [(16, 0), (16, 1), (24, 2), (600, 3)])
+def test_temperature_scaling_warns_exactly_when_it_cannot_be_trusted(n, seed):
+    """Invariant: a warning appears exactly when T hits a bound, when scaling made the held-out ECE worse, or when
+    the fit split is under 200 samples; the numbers it quotes are the result's own."""
+    clf, ds = _random_task(n, seed, scale=3.0)
+    c = evaluate(clf, ds, probes=["calibration"], progress=False, workers=0)["probes"]["calibration"]
+    ts = c["temperature_scaling"]
+    worse = ts["after"]["ece"] > ts["before"]["ece"]
+    at_bound = abs(c["temperature"] - 20) < 0.2 or abs(c["temperature"] - 0.05) < 5e-4
+    assert bool(c["warnings"]) == (worse or at_bound or ts["n_fit"] < 200), c["warnings"]
+    if worse:
+        assert any(f"{ts['before']['ece']:.4f} -> {ts['after']['ece']:.4f}" in w for w in c["warnings"])
+
+
+def test_limit_above_the_dataset_size_warns():
+    clf, ds = _random_task(20)
+    r = evaluate(clf, ds, probes=["accuracy"], limit=5000, progress=False, workers=0)
+    assert r["probes"]["accuracy"]["n_evaluated"] == 20
+    assert "--limit 5000 is not below the dataset's 20 samples: every sample was evaluated" in r["warnings"]

@@ -22,6 +22,10 @@ def _scores(logits: torch.Tensor, labels: torch.Tensor, n_bins: int) -> dict:
     }
 
 
+TEMPERATURE_BOUNDS = (0.05, 20.0)  # the search interval of T
+MIN_FIT = 200  # fewer fit samples than this get a warning
+
+
 @register_probe
 class CalibrationProbe(Probe):
     name = "calibration"
@@ -89,16 +93,32 @@ class CalibrationProbe(Probe):
             n_fit = int(round(n * self.params.holdout))
             fit_idx, eval_idx = np.sort(perm[:n_fit]), np.sort(perm[n_fit:])
             if n_fit == 0 or len(eval_idx) == 0:
-                return {"temperature": None, "temperature_scaling": {"error": f"too few samples ({n}) to split"}}
+                return {"temperature": None, "warnings": [f"temperature scaling skipped: too few samples ({n}) to split "
+                                                          "into fit and evaluation parts"],
+                        "temperature_scaling": {"error": f"too few samples ({n}) to split"}}
             fit_logits, fit_labels = logits[fit_idx], labels[fit_idx]
             eval_logits, eval_labels = logits[eval_idx], labels[eval_idx]
             how = {"fit_on": f"seeded random {self.params.holdout:.0%} of the samples (seed {ctx.seed})",
                    "evaluated_on": "the other samples"}
-        t = metrics.fit_temperature(fit_logits, fit_labels)
+        t = metrics.fit_temperature(fit_logits, fit_labels, bounds=TEMPERATURE_BOUNDS)
         before = _scores(eval_logits, eval_labels, nb)
         after = _scores(eval_logits / t, eval_labels, nb)
-        return {"temperature": t, "temperature_scaling": {
-            **how, "n_fit": int(len(fit_labels)), "n_eval": int(len(eval_labels)),
+        n_fit = int(len(fit_labels))
+        warnings = []
+        lo, hi = TEMPERATURE_BOUNDS
+        if abs(np.log(t) - np.log(hi)) < 0.01 or abs(np.log(t) - np.log(lo)) < 0.01:
+            warnings.append(f"the temperature sits at its search bound ({t:.3g}; bounds {lo:g}..{hi:g}): the model's "
+                            "confidences carry almost no information about correctness (an untrained or collapsed "
+                            "model?), so the scaled probabilities are near uniform")
+        if after["ece"] > before["ece"]:
+            warnings.append(f"temperature scaling made ECE worse on the evaluation samples ({before['ece']:.4f} -> "
+                            f"{after['ece']:.4f}; fit on {n_fit} samples): the fit set is too small or unlike the "
+                            "evaluation set; give more data or fit_data=SPEC")
+        elif n_fit < MIN_FIT:
+            warnings.append(f"the temperature was fit on only {n_fit} samples (fewer than {MIN_FIT}): expect it to "
+                            "move by more than the ECE differences it explains")
+        return {"temperature": t, "warnings": warnings, "temperature_scaling": {
+            **how, "n_fit": n_fit, "n_eval": int(len(eval_labels)), "bounds": list(TEMPERATURE_BOUNDS),
             "before": before, "after": after,
         }}
 
@@ -113,6 +133,8 @@ class CalibrationProbe(Probe):
     def render(self, r: dict, sec) -> None:
         from . import plots
 
+        for w in r.get("warnings", []):
+            sec.warn(w)
         sec.kv([
             ("ECE (equal-width, %d bins)" % r["n_bins"], r["ece"]), ("ECE (equal-mass)", r["ece_adaptive"]),
             ("classwise ECE", r["ece_classwise"]), ("MCE", r["mce"]), ("NLL", r["nll"]), ("Brier", r["brier"]),
