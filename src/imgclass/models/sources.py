@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from contextlib import contextmanager, nullcontext
+from functools import lru_cache
 from pathlib import Path
 
 from torch import nn
@@ -42,8 +44,16 @@ def _timm(s: Spec, opts: Options) -> Classifier:
     use_test_size = opts.bool("test_size", False)
     num_classes = opts.int("num_classes")
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
+    load_weights = pretrained and checkpoint is None
+    offline = nullcontext()
+    if load_weights and not _hub_reachable():  # no network: the cache or a fast, clear error (not a minute of retries)
+        if not _timm_weights_cached(name):
+            raise ModelLoadError(_timm_weights_hint(name, ConnectionError(
+                f"{_hub_host()} cannot be reached and the weights are not in the local cache")))
+        offline = _hub_offline()
     try:
-        model = timm.create_model(name, pretrained=pretrained and checkpoint is None, **kwargs)
+        with offline:
+            model = timm.create_model(name, pretrained=load_weights, **kwargs)
     except RuntimeError as e:
         if "Unknown model" in str(e) or "Invalid pretrained tag" in str(e):
             raise ModelLoadError(f"timm has no model {name!r} ({e})") from None
@@ -64,6 +74,78 @@ def _timm(s: Spec, opts: Options) -> Classifier:
                      info={"pretrained": bool(pretrained and checkpoint is None), "checkpoint": checkpoint,
                            "pretrained_tag": getattr(model, "pretrained_cfg", {}).get("tag")})
     return _check_outputs(clf)
+
+
+def _hub_host() -> str:
+    from urllib.parse import urlparse
+
+    import huggingface_hub.constants as hf
+
+    return urlparse(hf.ENDPOINT).hostname or "huggingface.co"
+
+
+def _hub_port() -> int:
+    from urllib.parse import urlparse
+
+    import huggingface_hub.constants as hf
+
+    u = urlparse(hf.ENDPOINT)
+    return u.port or (80 if u.scheme == "http" else 443)
+
+
+@lru_cache(maxsize=1)
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (once per process); False in HF_HUB_OFFLINE mode."""
+    import socket
+
+    import huggingface_hub.constants as hf
+
+    if hf.is_offline_mode():
+        return False
+    try:
+        socket.create_connection((_hub_host(), _hub_port()), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _timm_weights_cached(name: str) -> bool:
+    """Whether timm would find ``name``'s pretrained weights without the network (hub cache or torch hub folder)."""
+    import os
+    from urllib.parse import urlparse
+
+    import torch
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except Exception:  # an unknown name: timm.create_model says so itself
+        return True
+    if cfg is None:
+        return True
+    if cfg.file and Path(cfg.file).is_file():
+        return True
+    if cfg.hf_hub_id:
+        for fn in filter(None, (cfg.hf_hub_filename, "model.safetensors", "pytorch_model.bin")):
+            if isinstance(try_to_load_from_cache(cfg.hf_hub_id, fn), str):
+                return True
+    if cfg.url:
+        return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)).is_file()
+    return False
+
+
+@contextmanager
+def _hub_offline():
+    """huggingface_hub in offline mode for one call: cached files without a request for each."""
+    import huggingface_hub.constants as hf
+
+    old = hf.HF_HUB_OFFLINE
+    hf.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hf.HF_HUB_OFFLINE = old
 
 
 def _timm_weights_hint(name: str, e: Exception) -> str:
