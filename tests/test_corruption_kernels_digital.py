@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imgclass.corruptions import SEVERITIES, apply, corrupt, kernels, kernels_digital
+from imgclass.corruptions import SEVERITIES, apply, corrupt, digital_kernels, kernels
 from imgclass.corruptions.base import REGISTRY
 
 from conftest import unavailable
@@ -132,6 +132,6 @@ def test_kernels_hand_back_to_the_tensor_path_outside_their_arithmetic():
     """Error path: where the kernels' arithmetic would not hold they return None (``corrupt`` then runs the tensor
     code): a BOX reduction by more than 128 (int16 window sums), a plane over 2**22 pixels (the exact sum)."""
     x = torch.zeros((1, 3, 8, 300), dtype=torch.uint8)
-    assert kernels_digital.pixelate(x, 1, 1, box_back=False) is None
-    assert kernels_digital.pixelate(x, 4, 150, box_back=False) is not None
-    assert kernels_digital.contrast(torch.zeros((1, 1, 2049, 2049), dtype=torch.uint8), 0.5) is None
+    assert digital_kernels.pixelate(x, 1, 1, box_back=False) is None
+    assert digital_kernels.pixelate(x, 4, 150, box_back=False) is not None
+    assert digital_kernels.contrast(torch.zeros((1, 1, 2049, 2049), dtype=torch.uint8), 0.5) is None

@@ -666,7 +666,7 @@ def test_noise_level_tables_equal_the_reference_arithmetic(name):
 def test_counter_words_and_uniforms_are_splitmix64(monkeypatch):
     """The counter-based words and float64 uniforms against SplitMix64 written from its published C code (Steele,
     Lea & Flood 2014; Vigna's splitmix64.c), the numba kernels' against the tensor ones, and a uniformity check."""
-    from imgclass.corruptions import kernels
+    from imgclass.corruptions import kernels, stream
 
     def splitmix64(state: int, n: int) -> list[int]:
         out = []
@@ -679,20 +679,20 @@ def test_counter_words_and_uniforms_are_splitmix64(monkeypatch):
         return out
 
     keys = torch.tensor([0, 1, 1234567, 2 ** 63 - 1], dtype=torch.int64)
-    w = kernels.words(keys, 11)
+    w = stream.words(keys, 11)
     for key, row in zip(keys.tolist(), w.tolist()):
         expect = [h >> (32 * half) & 0xFFFFFFFF for h in splitmix64(key, 6) for half in (0, 1)]
         assert row == expect[:11]
-        u = kernels.uniforms(torch.tensor([key]), 6)[0].tolist()
+        u = stream.uniforms(torch.tensor([key]), 6)[0].tolist()
         assert u == [(h >> 11) * 2.0 ** -53 for h in splitmix64(key, 6)]
     if kernels.HAVE_NUMBA:
-        assert [int(kernels._word(np.uint64(1234567), i)) for i in range(11)] == w[2].tolist()
-        assert [kernels._uniform(np.uint64(1234567), i) for i in range(6)] == \
-            kernels.uniforms(torch.tensor([1234567]), 6)[0].tolist()
-    fast = kernels.uniforms(keys, 1001)  # the numba kernel on the CPU
+        assert [int(stream._word(np.uint64(1234567), i)) for i in range(11)] == w[2].tolist()
+        assert [stream._uniform(np.uint64(1234567), i) for i in range(6)] == \
+            stream.uniforms(torch.tensor([1234567]), 6)[0].tolist()
+    fast = stream.uniforms(keys, 1001)  # the numba kernel on the CPU
     monkeypatch.setattr(kernels, "HAVE_NUMBA", False)
-    assert torch.equal(fast, kernels.uniforms(keys, 1001))
-    big = kernels.words(torch.tensor([42]), 1 << 20)[0].double() / 2 ** 32
+    assert torch.equal(fast, stream.uniforms(keys, 1001))
+    big = stream.words(torch.tensor([42]), 1 << 20)[0].double() / 2 ** 32
     assert abs(big.mean().item() - 0.5) < 5 * (1 / 12 / 2 ** 20) ** 0.5
     assert abs(np.histogram(big.numpy(), 16, (0, 1))[0] / 2 ** 16 - 1).max() < 0.02
 

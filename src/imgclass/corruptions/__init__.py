@@ -6,11 +6,11 @@ device and returns the corrupted batch, uint8, same shape and device. Two parame
 generator, 32x32). Outputs follow the reference operation by operation, including its truncation to
 uint8. Each image's random draw comes from its own key, made from (seed, corruption, severity, sample id)
 only: batch size, batch order and the number of processes change nothing. The draws come from a counter-based
-stream of that key (``kernels.words`` / ``uniforms``), bit for bit the same on every device (the normals of snow
+stream of that key (``stream.words`` / ``uniforms``), bit for bit the same on every device (the normals of snow
 and spatter go through the device's log and cosine, which may differ in the last bit).
-On the CPU most corruptions run as numba kernels (``kernels``, ``kernels_digital``) that the tests hold equal to
-the tensor code; the rest in pieces that fit the cache (each corruption says how large), several times faster
-than whole multi-megabyte batches.
+On the CPU most corruptions run as numba kernels (each family's ``*_kernels`` module beside its tensor code, all
+switched and split by ``kernels``) that the tests hold equal to the tensor code; the rest in pieces that fit the
+cache (each corruption says how large), several times faster than whole multi-megabyte batches.
 """
 
 from __future__ import annotations

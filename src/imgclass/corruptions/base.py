@@ -1,7 +1,7 @@
 """Shared machinery of the corruptions: the registry, per-image keys, exact filters.
 
 Every corruption is an ``apply(x, p, pset, **draws)`` on a uint8 batch (N, 3, H, W) plus, for the random ones, a
-``draw(keys, x, p, pset)`` that makes the random variables from each image's key (``kernels.words``,
+``draw(keys, x, p, pset)`` that makes the random variables from each image's key (``stream.words``,
 ``uniforms``). Keeping the two apart lets the tests feed the reference implementation the very same draws.
 """
 
@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from ..registry import Registry
+from . import blur_kernels, kernels
 
 __all__ = ["Corruption", "REGISTRY", "register", "keys", "to_uint8", "to_uint8_255", "gaussian_kernel1d", "border_index",
-           "filter_matrix", "separable_filter", "motion_blur", "motion_blur_tensor", "zoom_coords", "interp_matrix"]
+           "filter_matrix", "separable_filter", "motion_blur", "motion_blur_tensor", "zoom_coords", "interp_matrix",
+           "pil_box_coefficients", "pil_nearest_index"]
 
 
 @dataclass(frozen=True)
@@ -125,15 +127,14 @@ def filter_matrix(n: int, kernel: np.ndarray, mode: str, *, dtype=torch.float32,
 def separable_filter(x: torch.Tensor, k_rows: np.ndarray | None, k_cols: np.ndarray | None, mode: str) -> torch.Tensor:
     """Correlate the last two axes of ``x`` with 1-D kernels (None: leave that axis), scipy border ``mode``.
 
-    Dense (n x n) filter matrices and matmuls (any device), or on the CPU the direct correlation of ``kernels``
-    (the same sums, but for duplicate border taps, which the matrix adds first: equal to rounding)."""
+    Dense (n x n) filter matrices and matmuls (any device), or on the CPU the direct correlation of
+    ``blur_kernels`` (the same sums, but for duplicate border taps, which the matrix adds first: equal to
+    rounding)."""
     h, w = x.shape[-2:]
-    from . import kernels
-
     if x.device.type == "cpu" and kernels.HAVE_NUMBA and x.dtype in (torch.float32, torch.float64):
         iy = border_index(h, (len(k_rows) - 1) // 2, len(k_rows) // 2, mode) if k_rows is not None else None
         ix = border_index(w, (len(k_cols) - 1) // 2, len(k_cols) // 2, mode) if k_cols is not None else None
-        return kernels.separable(x, k_rows, iy, k_cols, ix)
+        return blur_kernels.separable(x, k_rows, iy, k_cols, ix)
     if k_rows is not None:
         x = torch.matmul(filter_matrix(h, k_rows, mode, dtype=x.dtype, device=x.device), x)
     if k_cols is not None:
@@ -144,8 +145,6 @@ def separable_filter(x: torch.Tensor, k_rows: np.ndarray | None, k_cols: np.ndar
 def gaussian_blur_uint8(x: torch.Tensor, sigma: float | tuple[float, float], *, mode: str = "nearest",
                         truncate: float = 4.0) -> torch.Tensor:
     """``to_uint8(gaussian_filter(x / 255, sigma))`` of uint8 images, float32 (one fused kernel on the CPU)."""
-    from . import kernels
-
     if x.device.type == "cpu" and kernels.HAVE_NUMBA:
         h, w = x.shape[-2:]
         sy, sx = (sigma, sigma) if np.isscalar(sigma) else sigma
@@ -153,7 +152,7 @@ def gaussian_blur_uint8(x: torch.Tensor, sigma: float | tuple[float, float], *, 
         kx = gaussian_kernel1d(sx, truncate) if sx > 0 else None
         iy = border_index(h, (len(ky) - 1) // 2, len(ky) // 2, mode) if ky is not None else None
         ix = border_index(w, (len(kx) - 1) // 2, len(kx) // 2, mode) if kx is not None else None
-        return kernels.separable_u8(x, ky, iy, kx, ix)
+        return blur_kernels.separable_u8(x, ky, iy, kx, ix)
     return to_uint8(gaussian_filter(x.to(torch.float32) / 255.0, sigma, mode=mode, truncate=truncate))
 
 
@@ -164,6 +163,41 @@ def gaussian_filter(x: torch.Tensor, sigma: float | tuple[float, float], *, mode
     ky = gaussian_kernel1d(sy, truncate) if sy > 0 else None
     kx = gaussian_kernel1d(sx, truncate) if sx > 0 else None
     return separable_filter(x, ky, kx, mode)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pillow's BOX resize coefficients and NEAREST indices (the pixelate corruption and its kernel)
+
+PIL_PRECISION_BITS = 32 - 8 - 2
+
+
+@lru_cache(maxsize=64)
+def pil_box_coefficients(in_size: int, out_size: int) -> np.ndarray:
+    """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` for the BOX filter, as an (out, in) matrix."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 0.5 * filterscale
+    m = np.zeros((out_size, in_size), dtype=np.float64)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        ss = 1.0 / filterscale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size)
+        k = np.array([1.0 if -0.5 < (x + xmin - center + 0.5) * ss <= 0.5 else 0.0 for x in range(xmax - xmin)])
+        if k.sum() != 0:
+            k = k / k.sum()
+        m[xx, xmin:xmax] = np.where(k < 0, np.trunc(-0.5 + k * (1 << PIL_PRECISION_BITS)),
+                                    np.trunc(0.5 + k * (1 << PIL_PRECISION_BITS)))
+    return m
+
+
+@lru_cache(maxsize=64)
+def pil_nearest_index(in_size: int, out_size: int) -> np.ndarray:
+    """The source index of each output pixel of Pillow's NEAREST resize (asked from Pillow itself)."""
+    from PIL import Image
+
+    ramp = Image.fromarray(np.arange(in_size, dtype=np.int32)[None, :])
+    return np.asarray(ramp.resize((out_size, 1), Image.NEAREST))[0].astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -196,10 +230,8 @@ def motion_blur(x: torch.Tensor, radius: int, sigma: float, angles: Sequence[flo
     n, c, h, w = x.shape
     taps = [motion_taps(radius, sigma, float(a), *(extent or (h, w))) for a in angles]
     crop = (min(crop[0], h), min(crop[1], w)) if crop else None
-    from . import kernels
-
     if x.device.type == "cpu" and kernels.HAVE_NUMBA:
-        return kernels.motion_blur(x, taps, crop)
+        return blur_kernels.motion_blur(x, taps, crop)
     return motion_blur_tensor(x, taps, crop)
 
 

@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from . import kernels
+from . import stream
 from .base import (border_index, filter_matrix, gaussian_blur_uint8, interp_matrix, motion_blur, register,
                    to_uint8, to_uint8_255, zoom_coords)
 
@@ -115,7 +115,7 @@ def _glass_draw(keys, x, p, pset):
     sigma, d, iters = p
     n, _, h, w = x.shape
     lh, lw = max(h - 2 * d, 0), max(w - 2 * d, 0)
-    u = kernels.uniforms(keys, iters * lh * lw * 2, x.device).view(n, iters, lh, lw, 2)
+    u = stream.uniforms(keys, iters * lh * lw * 2, x.device).view(n, iters, lh, lw, 2)
     return {"offsets": (u * (2 * d)).to(torch.int64).clamp_max_(2 * d - 1) - d}
 
 
@@ -174,7 +174,7 @@ def glass_blur(x: torch.Tensor, p: tuple, pset: str, *, offsets: torch.Tensor) -
 
 
 def _angle_draw(keys, x, p, pset):
-    return {"u": kernels.uniforms(keys, 1, x.device)[:, 0]}
+    return {"u": stream.uniforms(keys, 1, x.device)[:, 0]}
 
 
 @register("motion_blur", draw=_angle_draw)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import io
 import warnings
-from functools import lru_cache
 
 import numpy as np
 import torch
 
-from . import kernels
-from . import kernels_digital as kd
-from .base import gaussian_filter, register, to_uint8
+from . import digital_kernels as kd
+from . import kernels, stream
+from .base import (PIL_PRECISION_BITS, gaussian_filter, pil_box_coefficients, pil_nearest_index, register,
+                   to_uint8)
 from .kernels import pool
 
 
@@ -122,7 +122,7 @@ def _affine_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 def _elastic_draw(keys, x, p, pset):
     n, _, h, w = x.shape
-    u = kernels.uniforms(keys, 2 * h * w + 6)  # the displacement fields, then the affine jitter (CIFAR)
+    u = stream.uniforms(keys, 2 * h * w + 6)  # the displacement fields, then the affine jitter (CIFAR)
     out = {"u": u[:, :2 * h * w].reshape(n, 2, h, w)}
     if pset == "cifar10":
         out["affine"] = u[:, 2 * h * w:].reshape(n, 3, 2)
@@ -139,7 +139,7 @@ def _elastic_fused(x, keys, p, pset):
     ky, kx = gaussian_kernel1d(h * 0.01, 3), gaussian_kernel1d(w * 0.01, 3)
     iy = border_index(h, len(ky) // 2, len(ky) // 2, "reflect")
     ix = border_index(w, len(kx) // 2, len(kx) // 2, "reflect")
-    return kernels.elastic(x, keys, p, -h * 0.005, h * 0.005, ky, iy, kx, ix)
+    return kd.elastic(x, keys, p, -h * 0.005, h * 0.005, ky, iy, kx, ix)
 
 
 @register("elastic_transform", draw=_elastic_draw, fused=_elastic_fused)
@@ -212,45 +212,15 @@ def _bilinear_mirror(img: torch.Tensor, yy: torch.Tensor, xx: torch.Tensor) -> t
 
 # ---------------------------------------------------------------------------------------------------------
 # pixelate: Pillow's BOX reduction (its 8-bit fixed-point arithmetic, reproduced), then NEAREST (or BOX) back
-
-_PRECISION_BITS = 32 - 8 - 2
-
-
-@lru_cache(maxsize=64)
-def pil_box_coefficients(in_size: int, out_size: int) -> np.ndarray:
-    """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` for the BOX filter, as an (out, in) matrix."""
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = 0.5 * filterscale
-    m = np.zeros((out_size, in_size), dtype=np.float64)
-    for xx in range(out_size):
-        center = (xx + 0.5) * scale
-        ss = 1.0 / filterscale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), in_size)
-        k = np.array([1.0 if -0.5 < (x + xmin - center + 0.5) * ss <= 0.5 else 0.0 for x in range(xmax - xmin)])
-        if k.sum() != 0:
-            k = k / k.sum()
-        m[xx, xmin:xmax] = np.where(k < 0, np.trunc(-0.5 + k * (1 << _PRECISION_BITS)),
-                                    np.trunc(0.5 + k * (1 << _PRECISION_BITS)))
-    return m
-
-
-@lru_cache(maxsize=64)
-def pil_nearest_index(in_size: int, out_size: int) -> np.ndarray:
-    """The source index of each output pixel of Pillow's NEAREST resize (asked from Pillow itself)."""
-    from PIL import Image
-
-    ramp = Image.fromarray(np.arange(in_size, dtype=np.int32)[None, :])
-    return np.asarray(ramp.resize((out_size, 1), Image.NEAREST))[0].astype(np.int64)
+# (the coefficients: base.pil_box_coefficients, base.pil_nearest_index)
 
 
 def _pil_box_pass(x: torch.Tensor, m: np.ndarray, axis: int) -> torch.Tensor:
     mt = torch.as_tensor(m, dtype=torch.float64, device=x.device)
     xd = x.to(torch.float64)
     s = torch.matmul(xd, mt.T) if axis == -1 else torch.matmul(mt, xd)
-    half = float(1 << (_PRECISION_BITS - 1))
-    return torch.floor((s + half) / float(1 << _PRECISION_BITS)).clamp(0, 255).to(torch.uint8)
+    half = float(1 << (PIL_PRECISION_BITS - 1))
+    return torch.floor((s + half) / float(1 << PIL_PRECISION_BITS)).clamp(0, 255).to(torch.uint8)
 
 
 def pil_resize_box(x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
@@ -273,7 +243,7 @@ def pixelate(x: torch.Tensor, p: float, pset: str) -> torch.Tensor:
     """Pillow's BOX reduction, then NEAREST (imagecorruptions) or BOX (the CIFAR generator) back. Here, on the CPU
     Pillow itself does it, images in threads, except for the NEAREST path on small images; elsewhere the tensor
     reproduction of its fixed-point arithmetic. ``corrupt`` on the CPU runs the numba kernel
-    (``kernels_digital.pixelate``: the same integer arithmetic, several times faster than Pillow)."""
+    (``digital_kernels.pixelate``: the same integer arithmetic, several times faster than Pillow)."""
     h, w = x.shape[-2:]
     sh, sw = int(h * p), int(w * p)
     cifar = pset == "cifar10"
@@ -347,10 +317,10 @@ def jpeg_compression(x: torch.Tensor, p: int, pset: str) -> torch.Tensor:
         # interleave and de-interleave by numba loops: torch's strided uint8 copies cost as much as the codec
         # here (torchvision's encoder transposes CHW input itself)
         hwc = np.empty((hi - lo, *src.shape[2:], src.shape[1]), dtype=np.uint8)
-        kernels.to_hwc(src[lo:hi].numpy(), hwc)
+        kd.to_hwc(src[lo:hi].numpy(), hwc)
         views = list(torch.from_numpy(hwc).permute(0, 3, 1, 2))  # CHW views of HWC memory: no copy
         dec = decode_jpeg(encode_jpeg(views, quality=int(p)))
-        kernels.to_chw(np.stack([d.permute(1, 2, 0).numpy() for d in dec]), out[lo:hi].numpy())
+        kd.to_chw(np.stack([d.permute(1, 2, 0).numpy() for d in dec]), out[lo:hi].numpy())
 
     # parts of at least ~1 ms of codec work: below that, the per-image calls contend for the GIL
     kernels.run_split(run, len(src), align=1, min_part=max(1, -(-25_000 // src[0].numel())))

@@ -7,9 +7,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from . import kernels
+from . import noise_kernels
 from .base import register
-from .kernels import words
+from .stream import words
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def packed_table(name: str, p: float) -> np.ndarray:
 
 
 def table_apply(x: torch.Tensor, w: torch.Tensor, table: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
-    """The tensor twin of ``kernels.sample_table``: outcome of each value's level drawn by its word."""
+    """The tensor twin of ``noise_kernels.sample_table``: outcome of each value's level drawn by its word."""
     thr = torch.as_tensor(table[0], device=x.device).to(torch.int64)
     alias = torch.as_tensor(table[1], device=x.device).to(torch.int64)
     j = w >> 24
@@ -131,7 +131,7 @@ def _table_noise(name: str):
         return table_apply(x, w, level_table(name, p))
 
     def fused(x: torch.Tensor, keys_: torch.Tensor, p, pset: str) -> torch.Tensor:
-        return kernels.sample_table(x, keys_, packed_table(name, p))
+        return noise_kernels.sample_table(x, keys_, packed_table(name, p))
 
     register(name, draw=_words, fused=fused)(apply_)
     return apply_
@@ -149,7 +149,7 @@ def _impulse_thresholds(p: float) -> tuple[int, int]:
 
 
 @register("impulse_noise", draw=_words,
-          fused=lambda x, keys_, p, pset: kernels.impulse(x, keys_, *_impulse_thresholds(p)))
+          fused=lambda x, keys_, p, pset: noise_kernels.impulse(x, keys_, *_impulse_thresholds(p)))
 def impulse_noise(x: torch.Tensor, p: float, pset: str, *, w: torch.Tensor) -> torch.Tensor:
     t_flip, t_salt = _impulse_thresholds(p)
     return x.masked_fill(w < t_flip, 0).masked_fill_(w < t_salt, 255)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import cvops
-from . import kernels
+from . import cvops, kernels, stream
+from . import weather_kernels as wk
 from .base import (gaussian_filter, motion_blur, register, to_uint8, to_uint8_255,
                    zoom_coords)
 
@@ -31,8 +31,8 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 def _snow_draw(keys, x, p, pset):
     n, _, h, w = x.shape
     used = 2 * ((h * w + 1) // 2)  # uniforms behind the layer's normals; the next one gives the angle
-    u = kernels.uniforms(keys, used + 1)
-    return {"z": kernels.box_muller(u[:, :used])[:, :h * w].reshape(n, h, w), "u": u[:, used]}
+    u = stream.uniforms(keys, used + 1)
+    return {"z": stream.box_muller(u[:, :used])[:, :h * w].reshape(n, h, w), "u": u[:, used]}
 
 
 def _lerp_taps(coords: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -72,7 +72,7 @@ def snow(x: torch.Tensor, p: tuple, pset: str, *, z: torch.Tensor, u: torch.Tens
     reach = 2 * radius + 2
     ty, tx = _zoom_taps(h, w, zoom, cifar, (min(full[0], h + reach), min(full[1], w + reach)))
     if x.device.type == "cpu" and kernels.HAVE_NUMBA:
-        layer = kernels.snow_layer(z, loc, scale, thresh, ty, tx, eight_bit=cifar)
+        layer = wk.snow_layer(z, loc, scale, thresh, ty, tx, eight_bit=cifar)
     else:  # zoom rows then columns, two taps each
         layer = _lerp_axis(_lerp_axis(loc + scale * z, ty, -2), tx, -1)
         layer = torch.where(layer < thresh, torch.zeros_like(layer), layer).clamp(0, 1)
@@ -81,7 +81,7 @@ def snow(x: torch.Tensor, p: tuple, pset: str, *, z: torch.Tensor, u: torch.Tens
     angles = (-135.0 + 90.0 * u).tolist()
     layer = motion_blur(layer[:, None], radius, sigma, angles, crop=(h, w), extent=full)
     if x.device.type == "cpu" and kernels.HAVE_NUMBA:
-        return kernels.snow_compose(x, layer, blend)
+        return wk.snow_compose(x, layer, blend)
     layer = torch.round(layer * 255).to(torch.uint8).to(torch.float32) / 255
     xf = _float(x)
     xf = blend * xf + (1 - blend) * torch.maximum(xf, _gray(xf) * 1.5 + 0.5)
@@ -183,7 +183,7 @@ def _frost_draw(keys, x, p, pset):
     randint calls, from three uniforms per image."""
     h, w = x.shape[-2:]
     idx, starts = [], []
-    for u in kernels.uniforms(keys, 3).tolist():
+    for u in stream.uniforms(keys, 3).tolist():
         i = min(int(u[0] * 5), 4)
         fr = _frost_resized(i, h, w, pset == "cifar10", str(x.device))
         idx.append(i)
@@ -250,12 +250,12 @@ def plasma_fractal(u: list[torch.Tensor], mapsize: int, decay: float) -> torch.T
 def _fog_draw(keys, x, p, pset):
     size = _next_pow2(max(*x.shape[-2:], 3))
     shapes = plasma_draw_shapes(size)
-    flat = kernels.uniforms(keys, sum(s * s for s in shapes))
+    flat = stream.uniforms(keys, sum(s * s for s in shapes))
     return {"u": [part.view(-1, s, s) for part, s in zip(flat.split([s * s for s in shapes], 1), shapes)]}
 
 
 def _fog_fused(x, keys, p, pset):
-    return kernels.fog(x, keys, _next_pow2(max(*x.shape[-2:], 3)), p[0], p[1])
+    return wk.fog(x, keys, _next_pow2(max(*x.shape[-2:], 3)), p[0], p[1])
 
 
 @register("fog", draw=_fog_draw, fused=_fog_fused)
@@ -275,7 +275,7 @@ def fog(x: torch.Tensor, p: tuple, pset: str, *, u: list[torch.Tensor]) -> torch
 
 def _spatter_draw(keys, x, p, pset):
     n, _, h, w = x.shape
-    return {"z": kernels.normals(keys, h * w).reshape(n, h, w)}
+    return {"z": stream.normals(keys, h * w).reshape(n, h, w)}
 
 
 _DROP_KERNEL = [[-2, -1, 0], [-1, 1, 1], [0, 1, 2]]

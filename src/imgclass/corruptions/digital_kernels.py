@@ -1,4 +1,5 @@
-"""CPU kernels of the deterministic digital corruptions (numba): brightness, saturate, contrast, pixelate.
+"""CPU kernels (numba) of the digital corruptions: brightness, saturate, contrast, pixelate, the elastic
+transform, and the pixel interleaving around JPEG's codec calls.
 
 Each does exactly the arithmetic of its tensor twin in ``digital``, so the two agree bit for bit (the tests
 hold them equal):
@@ -13,6 +14,8 @@ hold them equal):
   each output the sum of a run of inputs times one weight, plus 2**21, shifted right by 22; then NEAREST back
   (imagecorruptions) or a BOX enlargement back (the CIFAR-10-C generator: at most one input per output, a copy),
   both an index per output row and column.
+- elastic transform (imagecorruptions' parameters): the uniform displacement fields drawn inside the loop
+  (``stream``), smoothed, then bilinear sampling with reflected taps, sums in the tensor code's order.
 
 The work is split by position (pixels, channel planes or output rows) into parts of at least ``kernels._PART_NS``
 of work, so the result never depends on the number of threads. A kernel returns None where its arithmetic would
@@ -28,9 +31,11 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .kernels import HAVE_NUMBA, _flat, _min_part, run_split
+from . import kernels
+from .base import pil_box_coefficients, pil_nearest_index
+from .kernels import _flat, _min_part, run_split
 
-__all__ = ["HAVE_NUMBA", "hsv_adjust", "contrast", "pixelate"]
+__all__ = ["hsv_adjust", "contrast", "pixelate", "elastic", "to_hwc", "to_chw"]
 
 _SHIFT = 22  # Pillow's PRECISION_BITS for 8-bit images: 32 - 8 - 2
 
@@ -51,8 +56,10 @@ assert np.array_equal(_k * _INV255_HI + _k * _INV255_LO, _k / 255.0)
 assert np.array_equal((_k * (1.0 / 255.0)).astype(np.float32), _k.astype(np.float32) / np.float32(255.0))
 del _k
 
-if HAVE_NUMBA:
+if kernels.HAVE_NUMBA:
     from numba import njit
+
+    from .stream import _uniform
 
     @njit(nogil=True, cache=True, inline="always")
     def _unit(k):
@@ -274,8 +281,6 @@ def _index_map(m: np.ndarray) -> np.ndarray:
 @lru_cache(maxsize=64)
 def _pixelate_plan(h: int, w: int, sh: int, sw: int, box_back: bool):
     """The pixelate kernel's tables for (h, w) -> (sh, sw) and back (None: runs too long for its arithmetic)."""
-    from .digital import pil_box_coefficients, pil_nearest_index
-
     hx0, hcnt, hwt = _runs(pil_box_coefficients(w, sw))
     vy0, vcnt, vwt = _runs(pil_box_coefficients(h, sh))
     ksum = int(hcnt.max())
@@ -299,4 +304,105 @@ def pixelate(x: torch.Tensor, sh: int, sw: int, *, box_back: bool) -> torch.Tens
     out = torch.empty_like(x)
     run_split(_pixelate, n * c * h, _flat(x), out.numpy().reshape(-1), h, w, sw, *plan, align=1,
               min_part=_min_part(60.0 + 1.2 * w))
+    return out
+
+
+if kernels.HAVE_NUMBA:
+    @njit(nogil=True, cache=True)
+    def _elastic(lo, hi, x, out, keys, alpha, low, high, ky, iy, kx, ix):
+        """digital.elastic_transform (imagecorruptions' parameters) of images lo..hi: uniform displacement
+        fields, Gaussian-smoothed along H then W (reflect borders through the index maps iy, ix), scaled by
+        alpha, then bilinear sampling with reflected taps. Sums in the tensor path's order (bit for bit)."""
+        n, c, h, w = x.shape
+        ty, tx = len(ky), len(kx)
+        f = np.empty(2 * h * w)
+        g = np.empty(2 * h * w)
+        row = np.empty(w + tx)
+        lut = np.empty(256, dtype=np.float32)
+        for v in range(256):
+            lut[v] = np.float32(v) / np.float32(255)
+        xf = x.reshape(-1)
+        plane = h * w
+        for img in range(lo, hi):
+            key = keys[img]
+            for e in range(2 * plane):
+                f[e] = low + (high - low) * _uniform(key, e)
+            for q in range(2):  # along H: g[y] = sum_t ky[t] f[iy[y + t]], rows at a time
+                for y in range(h):
+                    o = np.uint64(q * plane + y * w)
+                    for j in range(np.uint64(w)):
+                        g[o + j] = 0.0
+                    for t in range(ty):
+                        sr = np.uint64(q * plane + iy[y + t] * w)
+                        kk = ky[t]
+                        for j in range(np.uint64(w)):
+                            g[o + j] += kk * f[sr + j]
+            for q in range(2):  # along W, through a reflected copy of the row
+                for y in range(h):
+                    o = np.uint64(q * plane + y * w)
+                    for j in range(w + tx - 1):
+                        row[j] = g[o + np.uint64(ix[j])]
+                    for j in range(np.uint64(w)):
+                        f[o + j] = 0.0
+                    for t in range(tx):
+                        kk = kx[t]
+                        for j in range(np.uint64(w)):
+                            f[o + j] += kk * row[np.uint64(t) + j]
+            for y in range(h):
+                for j in range(w):
+                    e = y * w + j
+                    yy = y + np.float64(np.float32(f[plane + e] * alpha))
+                    xx = j + np.float64(np.float32(f[e] * alpha))
+                    y0 = np.floor(yy)
+                    x0 = np.floor(xx)
+                    fy = np.float32(yy - y0)
+                    fx = np.float32(xx - x0)
+                    ya, yb = _reflect(np.int64(y0), h), _reflect(np.int64(y0) + 1, h)
+                    xa, xb = _reflect(np.int64(x0), w), _reflect(np.int64(x0) + 1, w)
+                    gx = np.float32(1) - fx
+                    gy = np.float32(1) - fy
+                    for ch in range(c):
+                        base = (img * c + ch) * plane
+                        top = lut[xf[base + ya * w + xa]] * gx + lut[xf[base + ya * w + xb]] * fx
+                        bottom = lut[xf[base + yb * w + xa]] * gx + lut[xf[base + yb * w + xb]] * fx
+                        r = top * gy + bottom * fy
+                        out[img, ch, y, j] = np.uint8(min(max(r, np.float32(0)), np.float32(1)) * np.float32(255))
+
+    @njit(nogil=True, cache=True, inline="always")
+    def _reflect(i, size):  # half-sample symmetric: -1 -> 0, size -> size - 1
+        if 0 <= i < size:
+            return i
+        period = 2 * size
+        j = i % period
+        return j if j < size else period - 1 - j
+
+    @njit(nogil=True, cache=True)
+    def to_hwc(x, out):
+        """(N, C, H, W) planes -> (N, H, W, C) interleaved pixels (torch's strided uint8 copy is ~20x slower)."""
+        n, c, h, w = x.shape
+        for i in range(n):
+            o = out[i].reshape(-1)
+            for ch in range(c):
+                plane = x[i, ch].reshape(-1)
+                for p in range(h * w):
+                    o[p * c + ch] = plane[p]
+
+    @njit(nogil=True, cache=True)
+    def to_chw(x, out):
+        """(N, H, W, C) interleaved pixels -> (N, C, H, W) planes."""
+        n, h, w, c = x.shape
+        for i in range(n):
+            src = x[i].reshape(-1)
+            for ch in range(c):
+                plane = out[i, ch].reshape(-1)
+                for p in range(h * w):
+                    plane[p] = src[p * c + ch]
+
+
+def elastic(x: torch.Tensor, keys: torch.Tensor, alpha: float, low: float, high: float, ky: np.ndarray,
+            iy: np.ndarray, kx: np.ndarray, ix: np.ndarray) -> torch.Tensor:
+    """CPU kernel of the elastic transform with imagecorruptions' parameters; its uniforms from ``uniforms``."""
+    out = torch.empty_like(x)
+    run_split(_elastic, len(x), x.contiguous().numpy(), out.numpy(), keys.numpy().view(np.uint64), float(alpha),
+              float(low), float(high), ky, iy, kx, ix, align=1, min_part=1)
     return out
