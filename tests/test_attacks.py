@@ -297,3 +297,75 @@ def test_eps_parsing_and_errors(r2b):
         get_attack("fgsm", eps=0.1)(r2b, x, y.float())
     with pytest.raises(ValueError, match="not trained"):
         get_attack("patch")(r2b, x, y)
+
+
+# -- per-sample random draws: a sample's result does not depend on its batch -----------------------------------
+
+def test_sample_random_rows_depend_only_on_their_key():
+    """Invariants of the counter-based draws: a row is the same whatever rows surround it and however a draw is cut
+    into pieces; references: scipy's Kolmogorov-Smirnov tests against U(0, 1) and N(0, 1)."""
+    from scipy import stats
+
+    from imgclass.attacks import SampleRandom, sample_keys
+
+    keys = sample_keys(5, torch.arange(64))
+    full = SampleRandom(keys, 5)
+    part = SampleRandom(keys[10:20], 5)
+    a, b = full.uniform(3, 4), part.uniform(3, 4)
+    torch.testing.assert_close(a[10:20], b, rtol=0, atol=0)
+    s = full.stream()  # one draw made in two pieces equals the draw made at once
+    whole = SampleRandom(keys, 5, _state={"draws": s, "shared": 0}).normal(10)
+    torch.testing.assert_close(torch.cat([full.normal(4, stream=s), full.normal(6, stream=s, start=4)], 1), whole)
+    u = SampleRandom(sample_keys(1, torch.arange(256)), 1).uniform(400, dtype=torch.float64).flatten().numpy()
+    z = SampleRandom(sample_keys(2, torch.arange(256)), 2).normal(400, dtype=torch.float64).flatten().numpy()
+    assert stats.kstest(u, "uniform").pvalue > 1e-3 and stats.kstest(z, "norm").pvalue > 1e-3
+    assert not torch.equal(full.uniform(8), full.uniform(8))  # the next draw is a new one
+
+
+class _PerSample(torch.nn.Module):
+    """The model run one image at a time: its logits for an image cannot depend on the batch (no batched float
+    rounding), so any difference between batchings comes from the attack."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return torch.cat([self.model(x[i:i + 1]) for i in range(len(x))])
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("fgsm", {"eps": 8 / 255}), ("pgd", {"eps": 8 / 255, "steps": 5, "restarts": 2}),
+    ("pgd", {"eps": 0.5, "norm": "l2", "steps": 5}), ("apgd-ce", {"eps": 8 / 255, "steps": 5, "restarts": 2}),
+    ("apgd-t", {"eps": 2 / 255, "steps": 5, "targets": 2}), ("square", {"eps": 2 / 255, "n_queries": 60}),
+    ("square", {"eps": 0.3, "norm": "l2", "n_queries": 60}), ("cw", {"steps": 20, "search_steps": 2}),
+    ("hsj", {"max_queries": 100, "chunk": 64}),
+])
+def test_with_sample_keys_a_sample_gets_the_same_result_in_any_batch(r2b, name, kw):
+    """Invariant (Captum-style batch invariance): with per-sample keys, attacking 6 images at once or in batches of 4
+    and 2 gives each image the same adversarial, up to float rounding (HopSkipJump, which lives on the decision
+    boundary, on a model run image by image)."""
+    from imgclass.attacks import sample_keys
+
+    x, y = _images(6)
+    model = _PerSample(r2b) if name == "hsj" else r2b
+    keys = sample_keys(11, torch.arange(6) + 100)
+    att = get_attack(name, **kw)
+    whole = att(model, x, y, seed=3, keys=keys)
+    parts = [att(model, x[s:s + 4], y[s:s + 4], seed=3, keys=keys[s:s + 4]) for s in (0, 4)]
+    torch.testing.assert_close(torch.cat([p.adv for p in parts]), whole.adv, rtol=0, atol=1e-6)
+    assert torch.equal(torch.cat([p.success for p in parts]), whole.success)
+
+
+def test_budgets_that_cannot_mean_what_they_say_are_refused(r2b):
+    """Invariant of pixel space [0, 1]: a Linf budget above 1 is more than the whole range (8 means 8/255) and an L2
+    budget above the image diagonal sqrt(C*H*W) (55.4 for 3x32x32) exceeds any distance between two images."""
+    from imgclass.errors import UsageError
+
+    with pytest.raises(UsageError, match="did you mean 8/255"):
+        get_attack("pgd", eps="8")
+    assert get_attack("pgd", eps=1).eps == 1 and get_attack("pgd", eps=0).eps == 0  # the whole range; the clean point
+    x, y = _images(2)
+    with pytest.raises(UsageError, match=r"sqrt\(C\*H\*W\) = 55.4"):
+        get_attack("pgd", eps=60, norm="l2")(r2b, x, y)
+    assert get_attack("pgd", eps=55, norm="l2", steps=1)(r2b, x, y).norm.max() <= 55

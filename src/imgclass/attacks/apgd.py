@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from .base import Attack, dlr_loss, dlr_loss_targeted, register_attack
+from .rng import SampleRandom
 
 
 def _checkpoint_lengths(n_iter: int) -> tuple[int, int, int]:
@@ -48,11 +49,11 @@ class _APGD(Attack):
         if self.steps < 1 or self.restarts < 1:
             raise UsageError(f"{self.name} needs steps >= 1 and restarts >= 1")
 
-    def _init(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _init(self, x: torch.Tensor, rng: SampleRandom) -> torch.Tensor:
         if self.norm == "linf":
-            t = 2 * torch.rand(x.shape, generator=gen, device=x.device) - 1
+            t = 2 * rng.uniform(*x.shape[1:]).to(x) - 1
             return (x + self.eps * t / t.reshape(len(t), -1).abs().amax(1).view(-1, 1, 1, 1)).clamp(0, 1)
-        t = torch.randn(x.shape, generator=gen, device=x.device)
+        t = rng.normal(*x.shape[1:]).to(x)
         return (x + self.eps * t / (_l2n(t) + 1e-12)).clamp(0, 1)
 
     def _loss_fn(self, y: torch.Tensor, tgt: torch.Tensor | None):
@@ -63,13 +64,13 @@ class _APGD(Attack):
         return lambda z: F.cross_entropy(z, y, reduction="none")
 
     def run_once(self, model, x: torch.Tensor, y: torch.Tensor, tgt: torch.Tensor | None,
-                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                 rng: SampleRandom) -> tuple[torch.Tensor, torch.Tensor]:
         """One APGD run on all of ``x``; returns (adversarial or best-loss images, fooled mask)."""
         n = len(x)
         dev = x.device
         n2, n_min, size_decr = _checkpoint_lengths(self.steps)
         eps = self.eps
-        x_adv = self._init(x, gen)
+        x_adv = self._init(x, rng)
         out = x_adv.clone()
         done = torch.zeros(n, dtype=torch.bool, device=dev)
         loss_steps = torch.zeros(self.steps, n, device=dev)
@@ -153,10 +154,10 @@ class APGDCE(_APGD):
 
     loss: str = "ce"
 
-    def perturb(self, model, x, y, target, gen):
+    def perturb(self, model, x, y, target, rng):
         if target is not None:
             raise UsageError("apgd-ce is untargeted; use apgd-t for targeted APGD")
-        return _restarts(self, model, x, y, gen)[0], None
+        return _restarts(self, model, x, y, rng)[0], None
 
 
 @register_attack("apgd-dlr")
@@ -166,23 +167,23 @@ class APGDDLR(_APGD):
 
     loss: str = "dlr"
 
-    def perturb(self, model, x, y, target, gen):
+    def perturb(self, model, x, y, target, rng):
         if target is not None:
             raise UsageError("apgd-dlr is untargeted; use apgd-t for targeted APGD")
         with torch.no_grad():
             n_cls = model(x[:1]).shape[1]
         if n_cls < 3:
             raise UsageError(f"apgd-dlr needs at least 3 classes, the model has {n_cls}")
-        return _restarts(self, model, x, y, gen)[0], None
+        return _restarts(self, model, x, y, rng)[0], None
 
 
-def _restarts(att: _APGD, model, x, y, gen, tgt=None) -> tuple[torch.Tensor, torch.Tensor]:
+def _restarts(att: _APGD, model, x, y, rng: SampleRandom, tgt=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Best images over the restarts and which samples were misclassified (by the forward pass that found them)."""
     best = x.clone()
     fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     todo = torch.arange(len(x), device=x.device)
     for _ in range(att.restarts):
-        adv, done = att.run_once(model, x[todo], y[todo], None if tgt is None else tgt[todo], gen)
+        adv, done = att.run_once(model, x[todo], y[todo], None if tgt is None else tgt[todo], rng.subset(todo))
         best[todo] = adv
         fooled[todo[done]] = True
         todo = todo[~done]
@@ -201,7 +202,7 @@ class APGDT(_APGD):
     targets: int = 9
     supports_target = False
 
-    def perturb(self, model, x, y, target, gen):
+    def perturb(self, model, x, y, target, rng):
         with torch.no_grad():
             order = model(x).sort(dim=1, descending=True).indices
         n_cls = order.shape[1]
@@ -213,7 +214,7 @@ class APGDT(_APGD):
             if len(todo) == 0:
                 break
             tgt = order[todo, t]
-            adv, fooled = _restarts(self, model, x[todo], y[todo], gen, tgt)
+            adv, fooled = _restarts(self, model, x[todo], y[todo], rng.subset(todo), tgt)
             best[todo] = adv
             todo = todo[~fooled]
         return best, None

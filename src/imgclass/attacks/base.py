@@ -21,11 +21,12 @@ import torch.nn.functional as F
 
 from ..errors import ParameterError, UsageError
 from ..registry import Registry
+from .rng import SampleRandom, sample_keys
 
 __all__ = [
     "Attack", "AttackResult", "ATTACKS", "register_attack", "get_attack", "NORMS",
     "parse_eps", "format_eps", "perturbation_norm", "margin", "dlr_loss", "dlr_loss_targeted",
-    "project", "derive_seed",
+    "project", "derive_seed", "check_budget", "SampleRandom", "sample_keys",
 ]
 
 NORMS = ("linf", "l2")
@@ -69,6 +70,27 @@ def parse_eps(text: str | float | int) -> float:
             raise UsageError(f"cannot read epsilon {text!r}: expected a number or a fraction like '8/255'") from None
     if not math.isfinite(value) or value < 0:
         raise UsageError(f"epsilon must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def check_budget(value: float, norm: str, *, text: str | float | None = None,
+                 input_size: tuple[int, ...] | None = None, what: str = "eps") -> float:
+    """``value`` if it can mean what it says for ``norm`` on [0, 1] pixels, else a :class:`UsageError` that says how to
+    write it: a Linf budget above 1 is more than the whole pixel range (``8`` is almost always ``8/255``), an L2
+    budget above the image's diagonal ``sqrt(C*H*W)`` (known from ``input_size``) is larger than any distance
+    between two images. 0 is allowed (the clean point)."""
+    shown = str(text).strip() if text is not None else f"{value:g}"
+    plain = "/" not in shown
+    if norm == "linf" and value > 1:
+        hint = f"; did you mean {shown}/255?" if plain else "; epsilons are pixel units of [0, 1], e.g. 8/255"
+        raise UsageError(f"{what} {shown} is more than the whole [0, 1] pixel range (Linf){hint}")
+    if norm == "l2" and input_size is not None:
+        diag = math.sqrt(math.prod(int(d) for d in input_size))
+        if value > diag:
+            hint = f"; did you mean {shown}/255 ({value / 255:.3g})?" if plain else ""
+            raise UsageError(f"{what} {shown} is larger than any L2 distance between two images of size "
+                             f"{'x'.join(str(int(d)) for d in input_size)} in [0, 1] (the diagonal sqrt(C*H*W) = "
+                             f"{diag:.3g}){hint}")
     return value
 
 
@@ -157,7 +179,9 @@ class AttackResult:
 @dataclass(kw_only=True)
 class Attack(abc.ABC):
     """Base class. Subclasses are keyword-only dataclasses (their fields are the parameters) that
-    implement ``perturb(model, x, y, target, gen) -> (adv, queries or None)``.
+    implement ``perturb(model, x, y, target, rng) -> (adv, queries or None)``, drawing random numbers per
+    sample from ``rng`` (a :class:`~imgclass.attacks.rng.SampleRandom`), so that a sample's result does not
+    depend on the other samples of the batch.
 
     ``eps`` bounds the perturbation in ``norm`` (ignored by minimal-perturbation attacks), ``seed``
     seeds every random draw, ``eot_samples`` averages gradients over that many forward passes
@@ -181,7 +205,8 @@ class Attack(abc.ABC):
         if not self.minimal and self.threat != "patch":
             if self.eps is None:
                 raise UsageError(f"attack {self.name!r} needs eps (e.g. 8/255)")
-            self.eps = parse_eps(self.eps)
+            text = self.eps
+            self.eps = check_budget(parse_eps(self.eps), self.norm, text=text if isinstance(text, str) else None)
         if self.eot_samples < 1:
             raise UsageError(f"eot_samples must be >= 1, got {self.eot_samples}")
 
@@ -190,17 +215,27 @@ class Attack(abc.ABC):
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def __call__(self, model: Model, x: torch.Tensor, y: torch.Tensor, *, target: torch.Tensor | None = None,
-                 seed: int | None = None) -> AttackResult:
+                 seed: int | None = None, keys: torch.Tensor | None = None) -> AttackResult:
         """Attack ``model`` at clean images ``x`` (float in [0, 1]) with labels ``y``; with ``target``,
-        try to make the model predict those classes instead."""
+        try to make the model predict those classes instead. ``keys`` (int64, one per sample, e.g.
+        :func:`~imgclass.attacks.rng.sample_keys` of the dataset indices) make each sample's random draws its
+        own, so the result does not depend on the batch; without them the keys come from the seed and the
+        position in the batch."""
         _check_inputs(x, y, target, self)
         if len(x) == 0:
             return AttackResult(x.clone(), torch.zeros(0, dtype=torch.bool, device=x.device),
                                 torch.zeros(0, device=x.device))
-        gen = torch.Generator(device=x.device)
-        gen.manual_seed(int(self.seed if seed is None else seed))
+        if self.norm == "l2" and self.eps is not None:
+            check_budget(self.eps, "l2", input_size=tuple(x.shape[1:]))
+        s = int(self.seed if seed is None else seed)
+        if keys is None:
+            rng = SampleRandom.for_batch(len(x), s, x.device)
+        else:
+            if keys.shape != (len(x),):
+                raise UsageError(f"attack {self.name!r}: keys must have shape ({len(x)},), got {tuple(keys.shape)}")
+            rng = SampleRandom(keys.to(x.device), s)
         x = x.detach().float()
-        adv, queries = self.perturb(model, x, y, target, gen)
+        adv, queries = self.perturb(model, x, y, target, rng)
         adv = adv.detach()
         with torch.no_grad():
             pred = model(adv).argmax(1)
@@ -209,7 +244,7 @@ class Attack(abc.ABC):
 
     @abc.abstractmethod
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
-                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+                rng: SampleRandom) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The attack itself: adversarial images and, for black-box attacks, queries per sample."""
 
     # helpers shared by the gradient attacks

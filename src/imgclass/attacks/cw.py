@@ -3,7 +3,8 @@
 Minimises ``||x' - x||_2^2 + c * max(z_y - max_{j!=y} z_j, -kappa)`` (targeted: the target's margin)
 over ``x' = (tanh(w) + 1) / 2``; per sample, ``c`` is halved towards the smallest value that still
 succeeds, or multiplied by 10 until one does (the paper's search). Written here because the peers
-(torchattacks) leave the binary search out.
+(torchattacks) leave the binary search out. ``abort_early`` stops a sample's descent when its own loss
+stalls (the authors' rule, with their batch of one), so a sample's result does not depend on its batch.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class CarliniWagnerL2(Attack):
         if self.steps < 1 or self.search_steps < 1 or self.initial_const <= 0 or self.lr <= 0:
             raise UsageError("cw needs steps >= 1, search_steps >= 1, initial_const > 0 and lr > 0")
 
-    def perturb(self, model, x, y, target, gen):
+    def perturb(self, model, x, y, target, rng):
         n = len(x)
         dev = x.device
         # tanh space; the factor keeps pixels at exactly 0 or 1 movable
@@ -58,7 +59,8 @@ class CarliniWagnerL2(Attack):
             w = w0.clone().requires_grad_(True)
             opt = torch.optim.Adam([w], lr=self.lr)
             succeeded = torch.zeros(n, dtype=torch.bool, device=dev)
-            prev = float("inf")
+            prev = torch.full((n,), float("inf"), device=dev)
+            live = torch.ones(n, dtype=torch.bool, device=dev)  # still descending (abort_early stops a sample)
             for it in range(self.steps):
                 with torch.enable_grad():
                     adv = (torch.tanh(w) + 1) / 2
@@ -69,7 +71,11 @@ class CarliniWagnerL2(Attack):
                     loss = loss_vec.sum()
                     g, = torch.autograd.grad(loss, w)
                 w.grad = g
+                held = None if bool(live.all()) else w.detach().clone()
                 opt.step()
+                if held is not None:  # stopped samples keep their point
+                    with torch.no_grad():
+                        w.copy_(torch.where(live.view(-1, 1, 1, 1), w, held))
                 with torch.no_grad():
                     ok = adversarial(logits.detach())
                     succeeded |= ok
@@ -77,10 +83,11 @@ class CarliniWagnerL2(Attack):
                     best_l2 = torch.where(better, l2.detach(), best_l2)
                     best = torch.where(better.view(-1, 1, 1, 1), adv.detach(), best)
                 if self.abort_early and it % max(self.steps // 10, 1) == 0:
-                    cur = float(loss.detach())
-                    if cur > prev * 0.9999:
+                    cur = loss_vec.detach()
+                    live &= ~(cur > prev * 0.9999)
+                    if not bool(live.any()):
                         break
-                    prev = cur
+                    prev = torch.where(live, cur, prev)
             upper = torch.where(succeeded, torch.minimum(upper, c), upper)
             lower = torch.where(succeeded, lower, torch.maximum(lower, c))
             c = torch.where(succeeded | (upper < 1e9), (lower + upper) / 2, c * 10)

@@ -3,8 +3,8 @@
 Uses only the predicted label. From a misclassified starting point (uniform noise, then a binary
 search towards the clean image) it repeats: binary search to the decision boundary, estimate the
 boundary's normal from the signs of ``num_evals`` random probes, step along it with a geometrically
-shrinking step size. Vectorised over the batch (each sample has its own search state and query
-count); written after the paper and the reference implementation's constants (theta, delta, the
+shrinking step size. Vectorised over the batch (each sample has its own search state, probe count,
+query budget and random draws, so its result does not depend on the batch); written after the paper and the reference implementation's constants (theta, delta, the
 sqrt(t) growth of the probe count), since no maintained PyTorch peer exists.
 """
 
@@ -17,6 +17,7 @@ import torch
 
 from ..errors import UsageError
 from .base import Attack, register_attack
+from .rng import SampleRandom
 
 
 @register_attack("hsj")
@@ -82,50 +83,58 @@ class HopSkipJump(Attack):
             lo[todo] = torch.where(ok, lo[todo], mid)
         return self._blend(x, a, hi, norm)
 
-    def _grad(self, model, xb, y, delta, k, gen):
-        """Boundary normal at ``xb`` from ``k`` random probes per sample (sums kept, not the probes)."""
+    def _grad(self, model, xb, y, delta, k: torch.Tensor, rng: SampleRandom):
+        """Boundary normal at ``xb`` from ``k[i]`` random probes for sample i (sums kept, not the probes)."""
         n = len(xb)
+        numel = xb[0].numel()
         s_fr = torch.zeros_like(xb)
         s_r = torch.zeros_like(xb)
         s_f = torch.zeros(n, device=xb.device)
+        k_max = int(k.max())
         per = max(1, self.chunk // max(n, 1))
+        stream = rng.stream()  # probe j of sample i: elements j * numel ... of this draw, however it is chunked
         done = 0
-        while done < k:
-            m = min(per, k - done)
-            shape = (m, *xb.shape)
+        while done < k_max:
+            m = min(per, k_max - done)
             if self.norm == "l2":
-                rv = torch.randn(shape, generator=gen, device=xb.device)
+                rv = rng.normal(m, *xb.shape[1:], stream=stream, start=done * numel)
             else:
-                rv = torch.rand(shape, generator=gen, device=xb.device) * 2 - 1
+                rv = rng.uniform(m, *xb.shape[1:], low=-1.0, high=1.0, stream=stream, start=done * numel)
+            rv = rv.to(xb).transpose(0, 1)  # (m, n, C, H, W)
             rv = rv / rv.flatten(2).norm(dim=2).view(m, n, 1, 1, 1)
             d4 = delta.view(1, n, 1, 1, 1)
             probe = (xb.unsqueeze(0) + d4 * rv).clamp(0, 1)
             rv = (probe - xb.unsqueeze(0)) / d4
-            f = self._adv(model, probe.flatten(0, 1), y.repeat(m)).view(m, n).float() * 2 - 1
+            use = (done + torch.arange(m, device=xb.device))[:, None] < k[None, :]  # (m, n)
+            f = torch.zeros(m, n, device=xb.device)
+            f[use] = self._adv(model, probe[use], y.expand(m, n)[use]).float() * 2 - 1
+            rv = rv * use.view(m, n, 1, 1, 1)
             s_fr += (f.view(m, n, 1, 1, 1) * rv).sum(0)
             s_r += rv.sum(0)
             s_f += f.sum(0)
             done += m
-        mean_f = s_f / k
-        g = s_fr / k - mean_f.view(-1, 1, 1, 1) * s_r / k
+        kf = k.to(xb.dtype)
+        mean_f = s_f / kf
+        g = s_fr / kf.view(-1, 1, 1, 1) - mean_f.view(-1, 1, 1, 1) * s_r / kf.view(-1, 1, 1, 1)
         same = mean_f.abs() == 1  # every probe on one side: move along (or against) the mean direction
-        g = torch.where(same.view(-1, 1, 1, 1), mean_f.view(-1, 1, 1, 1) * s_r / k, g)
+        g = torch.where(same.view(-1, 1, 1, 1), mean_f.view(-1, 1, 1, 1) * s_r / kf.view(-1, 1, 1, 1), g)
         if self.norm == "l2":
             return g / (g.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)
         return g.sign()
 
-    def perturb(self, model, x, y, target, gen):
+    def perturb(self, model, x, y, target, rng):
         n = len(x)
         d = x[0].numel()
         theta = self.gamma / (d * math.sqrt(d)) if self.norm == "l2" else self.gamma / d ** 2
         q = torch.zeros(n, device=x.device)
         adv = x.clone()
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
-        for _ in range(self.init_tries):  # a misclassified starting point: uniform noise
+        init = rng.stream()  # try t of a sample: elements t * d ... of one draw, however many tries the others need
+        for t in range(self.init_tries):  # a misclassified starting point: uniform noise
             todo = (~found).nonzero().flatten()
             if len(todo) == 0:
                 break
-            noise = torch.rand((len(todo), *x.shape[1:]), generator=gen, device=x.device)
+            noise = rng.subset(todo).uniform(*x.shape[1:], stream=init, start=t * d).to(x)
             ok = self._adv(model, noise, y[todo])
             q[todo] += 1
             adv[todo[ok]] = noise[ok]
@@ -134,7 +143,7 @@ class HopSkipJump(Attack):
         if len(act) == 0:
             return x.clone(), q
         qa = q[act]
-        xa, ya = x[act], y[act]
+        xa, ya, rng_a = x[act], y[act], rng.subset(act)
         a = self._bsearch(model, xa, adv[act], ya, qa, "l2", theta)
         dist = self._dist(xa, a)
         it = 0
@@ -149,9 +158,9 @@ class HopSkipJump(Attack):
             else:
                 delta = (math.sqrt(d) if self.norm == "l2" else d) * theta * dist[live]
                 delta = delta.clamp(min=1e-12)
-            left = int(self.max_queries - ql.min())
-            k = max(1, min(int(self.init_evals * math.sqrt(it)), self.max_evals, left))
-            upd = self._grad(model, al, yl, delta, k, gen)
+            left = (self.max_queries - ql).to(torch.int64)  # each sample's own budget
+            k = left.clamp(max=min(int(self.init_evals * math.sqrt(it)), self.max_evals)).clamp(min=1)
+            upd = self._grad(model, al, yl, delta, k, rng_a.subset(live))
             ql += k
             step = self._dist(xl, al) / math.sqrt(it)
             moved = al.clone()

@@ -15,6 +15,7 @@ import torch
 
 from ..errors import UsageError
 from .base import LOSSES, Attack, fooled, register_attack
+from .rng import SampleRandom
 
 
 def _l2_unit(g: torch.Tensor, eps_div: float) -> torch.Tensor:
@@ -35,14 +36,14 @@ def _step(x: torch.Tensor, adv: torch.Tensor, grad: torch.Tensor, alpha: float, 
     return torch.clamp(x + delta * factor.view(-1, 1, 1, 1), min=0, max=1)
 
 
-def random_start(x: torch.Tensor, eps: float, norm: str, gen: torch.Generator) -> torch.Tensor:
+def random_start(x: torch.Tensor, eps: float, norm: str, rng: SampleRandom) -> torch.Tensor:
     """A uniform point of the Linf ball, or a point of the L2 ball at a uniform radius (as torchattacks)."""
     if norm == "linf":
-        noise = torch.empty_like(x).uniform_(-eps, eps, generator=gen)
+        noise = rng.uniform(*x.shape[1:], low=-eps, high=eps).to(x)
         return torch.clamp(x + noise, 0, 1)
-    d = torch.empty_like(x).normal_(generator=gen)
+    d = rng.normal(*x.shape[1:]).to(x)
     n = d.reshape(len(x), -1).norm(p=2, dim=1).view(-1, 1, 1, 1)
-    r = torch.empty_like(n).uniform_(0, 1, generator=gen)
+    r = rng.uniform(1, 1, 1).to(x)
     return torch.clamp(x + d * r / n * eps, 0, 1)
 
 
@@ -59,7 +60,7 @@ class FGSM(Attack):
         if self.loss not in LOSSES:
             raise UsageError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
 
-    def perturb(self, model, x, y, target, gen):
+    def perturb(self, model, x, y, target, rng):
         _, grad, _ = self.loss_grad(model, x, LOSSES[self.loss](y, target), reduce="mean")
         if self.norm == "linf":
             return torch.clamp(x + self.eps * grad.sign(), 0, 1), None
@@ -90,16 +91,16 @@ class PGD(Attack):
     def alpha(self) -> float:
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
 
-    def __call__(self, model, x, y, *, target=None, seed=None, start: torch.Tensor | None = None):
+    def __call__(self, model, x, y, *, target=None, seed=None, keys=None, start: torch.Tensor | None = None):
         """As :meth:`Attack.__call__`; ``start`` gives the first restart's starting images
         (e.g. to reproduce another library's random start)."""
         self._start = start
         try:
-            return super().__call__(model, x, y, target=target, seed=seed)
+            return super().__call__(model, x, y, target=target, seed=seed, keys=keys)
         finally:
             self._start = None
 
-    def perturb(self, model, x, y, target, gen):
+    def perturb(self, model, x, y, target, rng):
         best = x.clone()
         todo = torch.arange(len(x), device=x.device)
         start = getattr(self, "_start", None)
@@ -107,7 +108,7 @@ class PGD(Attack):
             if r == 0 and start is not None:
                 init = start.detach().to(x)[todo]
             elif self.random_start:
-                init = random_start(x[todo], self.eps, self.norm, gen)
+                init = random_start(x[todo], self.eps, self.norm, rng.subset(todo))
             else:
                 init = x[todo].clone()
             last = r == self.restarts - 1  # the last run's verdict comes from the final forward pass of __call__

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from .base import Attack, register_attack
+from .rng import SampleRandom
 
 
 def place(x: torch.Tensor, patch: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -63,8 +64,13 @@ class UniversalPatch(Attack):
         """Side in pixels of the square patch on an h x w image."""
         return max(1, min(h, w, int(round(math.sqrt(self.size * h * w)))))
 
-    def corners(self, n: int, h: int, w: int, gen: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def corners(self, n: int, h: int, w: int, gen: torch.Generator | SampleRandom,
+                device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random top-left corners: per sample from a :class:`SampleRandom` (evaluation), or from a generator
+        (training)."""
         s = self.side(h, w)
+        if isinstance(gen, SampleRandom):
+            return gen.randint(0, h - s + 1).to(device), gen.randint(0, w - s + 1).to(device)
         rows = torch.randint(0, h - s + 1, (n,), generator=gen, device=device)
         cols = torch.randint(0, w - s + 1, (n,), generator=gen, device=device)
         return rows, cols
@@ -102,13 +108,13 @@ class UniversalPatch(Attack):
             raise UsageError("patch: no training images")
         return self.patch
 
-    def perturb(self, model, x, y, target, gen):
+    def perturb(self, model, x, y, target, rng):
         if self.patch is None:
             raise UsageError("the patch is not trained: call fit(model, batches) first, or pass patch=")
         s = self.side(*x.shape[-2:])
         if self.patch.shape != (x.shape[1], s, s):
             raise UsageError(f"patch of shape {tuple(self.patch.shape)} does not fit images {tuple(x.shape[1:])} "
                              f"at size {self.size}")
-        rows, cols = self.corners(len(x), *x.shape[-2:], gen, x.device)
+        rows, cols = self.corners(len(x), *x.shape[-2:], rng, x.device)
         with torch.no_grad():
             return place(x, self.patch.to(x), rows, cols), None

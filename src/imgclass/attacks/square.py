@@ -5,8 +5,9 @@ window-pattern (L2) initialisation, one square window per iteration whose side s
 ``p`` schedule, margin loss, one model query per iteration and active sample. As in the authors'
 original code, a Linf window is redrawn when it would leave the image unchanged (no wasted queries).
 Samples leave the batch when fooled, and the active tensors are only re-gathered when that happens.
-The window position is drawn per iteration and shared by the batch, as in the reference: each
-sample's search has the same distribution either way.
+The window position is drawn per iteration and shared by the batch, as in the reference, from a stream
+that depends on the seed alone; the signs are drawn per sample. So each sample's search is the same
+whatever batch it runs in.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from .base import Attack, register_attack
+from .rng import SampleRandom
 
 _SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256))
 
@@ -37,7 +39,7 @@ def _corner(h: int, w: int, s: int, pos: torch.Generator) -> tuple[int, int]:
     return int(torch.randint(0, h - s, (1,), generator=pos)), int(torch.randint(0, w - s, (1,), generator=pos))
 
 
-def _eta(s: int, gen: torch.Generator, device) -> torch.Tensor:
+def _eta(s: int, pos: torch.Generator, device) -> torch.Tensor:
     """The L2 window pattern of the reference: two nested-rectangle blocks of opposite sign."""
 
     def rects(a: int, b: int) -> torch.Tensor:
@@ -54,7 +56,7 @@ def _eta(s: int, gen: torch.Generator, device) -> torch.Tensor:
     d[: s // 2] = rects(s // 2, s)
     d[s // 2:] = -rects(s - s // 2, s)
     d = d / d.pow(2).sum().sqrt()
-    if torch.rand(1, generator=gen).item() > 0.5:
+    if torch.rand(1, generator=pos).item() > 0.5:
         d = d.t()
     return d
 
@@ -92,39 +94,37 @@ class Square(Attack):
             return m, (-ce if tgt is None else ce)
         return m, m
 
-    def perturb(self, model, x, y, target, gen):
+    def perturb(self, model, x, y, target, rng):
         adv = x.clone()
         queries = torch.zeros(len(x), device=x.device)
         todo = torch.arange(len(x), device=x.device)
         for _ in range(self.restarts):
             if len(todo) == 0:
                 break
-            a, q, ok = self._run(model, x[todo], y[todo], None if target is None else target[todo], gen)
+            a, q, ok = self._run(model, x[todo], y[todo], None if target is None else target[todo], rng.subset(todo))
             adv[todo] = torch.where(ok.view(-1, 1, 1, 1), a, adv[todo])
             queries[todo] += q
             todo = todo[~ok]
         return adv, queries
 
-    def _rand_sign(self, shape, gen, device) -> torch.Tensor:
-        return torch.randint(0, 2, shape, generator=gen, device=device).float() * 2 - 1
-
-    def _run(self, model, x, y, tgt, gen):
+    def _run(self, model, x, y, tgt, rng: SampleRandom):
         n, c, h, w = x.shape
         dev = x.device
         eps = self.eps
         n_feat = c * h * w
-        # window positions come from a CPU generator (no device synchronisation per iteration)
-        pos = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen, device=dev)))
+        # window positions come from a CPU generator shared by the batch (no device synchronisation per iteration)
+        pos = rng.shared()
         if self.norm == "linf":
-            x_best = (x + eps * self._rand_sign((n, c, 1, w), gen, dev)).clamp(0, 1)
+            x_best = (x + eps * rng.sign(c, 1, w).to(x)).clamp(0, 1)
         else:
-            x_best = (x + self._l2_init(x, gen, pos) * eps).clamp(0, 1)
+            x_best = (x + self._l2_init(x, rng, pos) * eps).clamp(0, 1)
         m_min, l_min = self._scores(model, x_best, y, tgt)
         queries = torch.ones(n, device=dev)
         out = x_best.clone()
         done = m_min <= 0
         act = (~done).nonzero().flatten()
         xa, xb, ya, ta, mm, lm = x[act], x_best[act], y[act], None if tgt is None else tgt[act], m_min[act], l_min[act]
+        ra = rng.subset(act)
         for i in range(self.n_queries):
             if len(act) == 0:
                 break
@@ -133,9 +133,9 @@ class Square(Attack):
                 s = min(max(int(round(math.sqrt(p * n_feat / c))), 1), h - 1, w - 1)
                 vh, vw = _corner(h, w, s, pos)
                 x_new = xb.clone()
-                x_new[:, :, vh:vh + s, vw:vw + s] = self._linf_window(xa, xb, vh, vw, s, gen)
+                x_new[:, :, vh:vh + s, vw:vw + s] = self._linf_window(xa, xb, vh, vw, s, ra)
             else:
-                x_new = self._l2_step(xa, xb, p, gen, pos)
+                x_new = self._l2_step(xa, xb, p, ra, pos)
             margin, loss = self._scores(model, x_new, ya, ta)
             queries[act] += 1
             improved = (loss < lm) | (margin <= 0)
@@ -148,31 +148,33 @@ class Square(Attack):
                 done[act[hit]] = True
                 keep = ~hit
                 act, xa, xb, ya, mm, lm = act[keep], xa[keep], xb[keep], ya[keep], mm[keep], lm[keep]
+                ra = ra.subset(keep)
                 ta = None if ta is None else ta[keep]
         out[act] = xb
         return out, queries, done
 
-    def _linf_window(self, xa, xb, vh, vw, s, gen) -> torch.Tensor:
+    def _linf_window(self, xa, xb, vh, vw, s, rng: SampleRandom) -> torch.Tensor:
         """New values of the window: a vertex of the ball with one random sign per channel. Where that would
         leave the window as it is (a wasted query), another sign pattern is drawn uniformly among the others,
         as the authors' code resamples until the window changes."""
         n, c = xa.shape[:2]
         dev = xa.device
         base = xa[:, :, vh:vh + s, vw:vw + s]
-        sign = self._rand_sign((n, c, 1, 1), gen, dev)
+        u = rng.uniform(c + 1, dtype=torch.float64)  # one draw: the signs and the pattern of a redraw
+        sign = ((u[:, :c] < 0.5).to(xa.dtype) * 2 - 1).view(n, c, 1, 1)
         win = (base + self.eps * sign).clamp(0, 1)
         if c > 16:
             return win
         same = (win - xb[:, :, vh:vh + s, vw:vw + s]).abs().flatten(1).amax(1) < 1e-7
         # at most one sign pattern reproduces the current window, so flipping a random non-empty set of channels
         # draws uniformly among the patterns that change it
-        code = torch.randint(1, 2 ** c, (n, 1), generator=gen, device=dev)
+        code = 1 + torch.floor(u[:, c:] * (2 ** c - 1)).to(torch.int64)
         flip = 1 - 2 * ((code >> torch.arange(c, device=dev)) & 1).to(sign.dtype)
         sign = torch.where(same.view(-1, 1, 1, 1), sign * flip.view(n, c, 1, 1), sign)
         return (base + self.eps * sign).clamp(0, 1)
 
     # -- L2 ---------------------------------------------------------------------------------------
-    def _l2_init(self, x, gen, pos) -> torch.Tensor:
+    def _l2_init(self, x, rng: SampleRandom, pos: torch.Generator) -> torch.Tensor:
         n, c, h, w = x.shape
         delta = torch.zeros_like(x)
         s = h // 5
@@ -182,12 +184,12 @@ class Square(Attack):
             vw = sp
             for _ in range(w // s):
                 delta[:, :, vh:vh + s, vw:vw + s] += (_eta(s, pos, x.device).view(1, 1, s, s)
-                                                      * self._rand_sign((n, c, 1, 1), gen, x.device))
+                                                      * rng.sign(c, 1, 1).to(x))
                 vw += s
             vh += s
         return delta / (delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)
 
-    def _l2_step(self, xa, xb, p, gen, pos) -> torch.Tensor:
+    def _l2_step(self, xa, xb, p, rng: SampleRandom, pos: torch.Generator) -> torch.Tensor:
         n, c, h, w = xa.shape
         dev = xa.device
         eps = self.eps
@@ -206,7 +208,7 @@ class Square(Attack):
         mask[win2] = 1
         norm_img = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         norm_windows = (delta * mask).flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-        new = _eta(s, pos, dev).view(1, 1, s, s) * self._rand_sign((n, c, 1, 1), gen, dev)
+        new = _eta(s, pos, dev).view(1, 1, s, s) * rng.sign(c, 1, 1).to(xa)
         new = new + delta[win1] / (1e-12 + norm_win1)
         budget = (torch.clamp(eps ** 2 - norm_img ** 2, min=0) / c + norm_windows ** 2).sqrt()
         new = new / (1e-12 + new.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()) * budget
