@@ -192,7 +192,7 @@ def class_index(classifier: Classifier, name: str) -> int:
 
 
 def explain(
-    classifier: Classifier,
+    classifier: Classifier | nn.Module,
     images: torch.Tensor,
     targets: int | str | Sequence[int | str] | torch.Tensor | None = None,
     *,
@@ -207,6 +207,10 @@ def explain(
     model at once; it changes memory use, not results. ``params`` are the method's own
     (``imgclass.explain.METHODS[name].params`` lists them with their defaults).
     """
+    if not isinstance(classifier, Classifier):  # a plain module: its contract as load_model assumes or was stated
+        from ..models import load_model
+
+        classifier = load_model(classifier)
     m = get_method(method)
     m.check_params(params)
     if int(internal_batch_size) < 1:

@@ -8,7 +8,6 @@ e.g. 255), ``size``, ``crop_pct``, ``interpolation``, ``layout`` (nchw/nhwc) and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from torch import nn
@@ -80,19 +79,93 @@ def _infer_scheme(body: str) -> str | None:
     return None
 
 
-def load_model(spec: str | Classifier, *, device: str | None = None) -> Classifier:
-    """Resolve a model spec (``timm:resnet50.a1_in1k``, ``zoo:cifar10-resnet20``, ``onnx:net.onnx?...``)."""
+def load_model(spec: str | Classifier | nn.Module, *, device: str | None = None, **options) -> Classifier:
+    """A :class:`Classifier` from a spec (``timm:resnet50.a1_in1k``, ``zoo:cifar10-resnet20``, ``onnx:net.onnx?...``),
+    a Classifier, or a plain ``nn.Module`` whose input contract the options state.
+
+    ``options`` are the spec's options as keyword arguments (``load_model("onnx:net.onnx", layout="nhwc",
+    classes="cifar10")``); for a module they are its contract: ``mean``, ``std`` (or ``scale``), ``input_size``
+    (or ``size``), ``crop_pct``, ``interpolation``, ``layout`` and ``classes``. A module given without ``mean`` and
+    ``std`` is taken as an ImageNet model of torchvision's convention (224 px, ImageNet mean/std, crop 0.875,
+    bilinear), and ``Classifier.info['contract']`` says so.
+    """
     if isinstance(spec, Classifier):
         clf = spec
+        if options:  # the contract options change the given classifier in place
+            opts = _options_of(clf.source or "classifier", options)
+            override_contract(clf, opts)
+            opts.finish()
+            _check_outputs(clf)
+    elif isinstance(spec, nn.Module):
+        clf = _from_module(spec, options)
     else:
         s = parse_spec(spec, MODEL_SOURCES, infer=_infer_scheme)
+        if options:
+            overlap = set(s.options) & set(_option_strings(options))
+            if overlap:
+                raise SpecError(f"{spec}: option(s) {', '.join(sorted(overlap))} given twice (in the spec and as "
+                                "keyword arguments)")
+            s = Spec(s.scheme, s.target, {**s.options, **_option_strings(options)}, s.text)
         opts = s.pop_options()
         clf = MODEL_SOURCES[s.scheme].build(s, opts)
         opts.finish()
         clf.source = s.text
     clf.eval()
     if device is not None:
-        clf.to(device)
+        from ..device import resolve_device
+
+        clf.to(resolve_device(device))
+    return clf
+
+
+def _option_strings(options: dict) -> dict[str, str]:
+    """Keyword options as the strings a spec carries: sequences comma-joined, booleans true/false."""
+    out = {}
+    for k, v in options.items():
+        if k == "input_size":
+            k = "size"
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        elif isinstance(v, (list, tuple)):
+            v = ",".join(str(x) for x in v)
+        elif isinstance(v, LabelSpace):
+            raise SpecError(f"option {k}: give class names as a list, a known space name or a labels file")
+        out[k] = str(v)
+    return out
+
+
+def _options_of(text: str, options: dict) -> Options:
+    return Spec("module", "", _option_strings(options), text).pop_options()
+
+
+def _from_module(module: nn.Module, options: dict) -> Classifier:
+    """Wrap a plain module (pixels normalized inside by the stated contract)."""
+    text = options.pop("source", None) or f"module:{type(module).__name__}"
+    given = set(_option_strings(options))
+    opts = _options_of(text, options)
+    if hasattr(module, "pretrained_cfg") and module.pretrained_cfg:  # a timm model knows its contract
+        from timm.data import resolve_data_config
+
+        from .checkpoint import _config_from_timm
+        from .sources import timm_labels
+
+        config, labels, how = _config_from_timm(resolve_data_config({}, model=module)), timm_labels(module), \
+            "timm's pretrained config"
+    else:
+        config = ModelConfig((3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, 0.875, "bilinear")
+        labels = LabelSpace.anonymous(0)
+        how = "stated" if {"mean", "std"} <= given or "scale" in given else \
+            "assumed: ImageNet mean/std at 224 px, crop 0.875, bilinear (torchvision's convention); state mean/std"
+    config, labels = apply_contract_options(config, labels, opts)
+    opts.finish()
+    clf = _check_outputs(Classifier(module, labels=labels, config=config, source=text, arch=None,
+                                    info={"module": f"{type(module).__module__}.{type(module).__qualname__}",
+                                          "contract": how}))
+    if not clf.labels.known and clf.num_classes == 1000 and "classes" not in given:
+        from ..data.labels import imagenet_space
+
+        clf.set_contract(labels=imagenet_space())  # 1,000 outputs in torchvision's convention: ImageNet-1k's order
+        clf.info["classes"] = "assumed: ImageNet-1k in the standard sorted-wnid order (1,000 outputs)"
     return clf
 
 
