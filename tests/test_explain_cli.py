@@ -38,6 +38,11 @@ def test_probe_results_report_and_agreement_with_the_functions(cifar_assets, tmp
     assert r["randomization"]["stages"] == [1, 2] and len(r["gallery"]) == 2
     html = (tmp_path / "report.html").read_text()
     assert "Gallery" in html and html.count("data:image/jpeg;base64") == 2 and "deletion AUC" in html
+    # a warning exactly for the methods that do no better than the per-pixel random map, on either measure
+    worse = {m for m in ("gradcam", "saliency") if r["deletion_auc"][m] >= r["deletion_auc"]["random"]
+             or r["insertion_auc"][m] <= r["insertion_auc"]["random"]}
+    assert {w.split(" ")[0] for w in r["warnings"]} == worse
+    assert all(f"explanations: {w}" in res["warnings"] for w in r["warnings"])
 
     # the same samples through the library functions
     clf = imgclass.load_model("zoo:cifar10-resnet20")
@@ -95,3 +100,15 @@ def test_explain_command_writes_overlays_and_maps(cifar_assets, tmp_path):
                  "--out", str(out)]) == 2
     assert main(["explain", "zoo:cifar10-resnet20", files[0], "--method", "nope", "--out", str(out)]) == 2
     assert main(["explain", "zoo:cifar10-resnet20", files[0], "--set", "gradcam.steps=3", "--out", str(out)]) == 2
+
+
+def test_worse_than_random_names_the_direction_of_each_measure():
+    """Invariant: deletion AUC must be below the random map's, insertion AUC above it; ties count as no better."""
+    from imgclass.probes.explanations import _worse_than_random
+
+    d = {"good": 0.10, "tie": 0.30, "bad_ins": 0.20, "random": 0.30}
+    i = {"good": 0.60, "tie": 0.70, "bad_ins": 0.40, "random": 0.40}
+    w = _worse_than_random(d, i, ["good", "tie", "bad_ins"])
+    assert [x.split(" ")[0] for x in w] == ["tie", "bad_ins"]
+    assert "deletion AUC 0.3000 >= random map's 0.3000 (lower is better)" in w[0]
+    assert "insertion AUC 0.4000 <= random map's 0.4000 (higher is better)" in w[1]

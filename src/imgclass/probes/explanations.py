@@ -10,18 +10,33 @@ folder) and ``tcav_random`` (at least 3 folders of random images) it also runs T
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..errors import UsageError
+from ..report.images import image_base64
 from .base import CliFlag, Probe, ProbeContext, register_probe
 
 BASELINES = {"random": None, "random_smooth": 7}  # name -> grid cells of the random map (None: per pixel)
+
+
+def _worse_than_random(deletion: dict, insertion: dict, methods) -> list[str]:
+    """A warning for each method whose mean deletion AUC is not below the random map's, or whose insertion AUC is
+    not above it: on this model and data its maps rank pixels no better than chance."""
+    out = []
+    for m in methods:
+        bad = []
+        if deletion[m] >= deletion["random"]:
+            bad.append(f"deletion AUC {deletion[m]:.4f} >= random map's {deletion['random']:.4f} (lower is better)")
+        if insertion[m] <= insertion["random"]:
+            bad.append(f"insertion AUC {insertion[m]:.4f} <= random map's {insertion['random']:.4f} "
+                       "(higher is better)")
+        if bad:
+            out.append(f"{m} does no better than a random map: " + "; ".join(bad))
+    return out
 
 
 def sample_seed(seed: int, sample_id: str) -> int:
@@ -160,6 +175,7 @@ class ExplanationsProbe(Probe):
                 "what": "Spearman rank correlation of |map| between the trained model and copies whose top-k weight "
                         "layers were re-drawn (cascading, Adebayo et al. 2018); high = insensitive to the model",
             }
+        result["warnings"] = _worse_than_random(result["deletion_auc"], result["insertion_auc"], methods)
         result["gallery"] = self._gallery(o, ids, names, clf, methods, min(p.gallery, len(ids)))
         if tcav_target is not None:
             result["tcav"] = self._tcav(ctx, tcav_target)
@@ -224,32 +240,30 @@ class ExplanationsProbe(Probe):
             k_up = max(1, 128 // img.shape[0])  # small inputs (CIFAR) are enlarged for the eye
             if k_up > 1:
                 strip = strip.resize((strip.width * k_up, strip.height * k_up), Image.Resampling.NEAREST)
-            buf = io.BytesIO()
-            strip.save(buf, format="JPEG", quality=85)
             t = int(o["targets"][i])
             out.append({"id": ids[i], "label": names[int(o["labels"][i])], "prediction": names[int(o["pred"][i])],
                         "target": clf.class_names[t] if t < clf.num_classes else str(t),
                         "target_prob": float(o["target_prob"][i]),
-                        "jpeg_base64": base64.b64encode(buf.getvalue()).decode()})
+                        "jpeg_base64": image_base64(strip, fmt="JPEG", quality=85)})
         return out
 
     def summary(self, r: dict) -> list[tuple[str, str]]:
         if not r.get("n_evaluated"):
             return [("evaluated", "0")]
-        rows = [(f"{m} deletion / insertion AUC", f"{r['deletion_auc'][m]:.4f} / {r['insertion_auc'][m]:.4f}")
-                for m in r["methods"] + ["random"]]
+        rows = [(f"{m} deletion AUC (lower better) / insertion AUC (higher better)",
+                 f"{r['deletion_auc'][m]:.4f} / {r['insertion_auc'][m]:.4f}") for m in r["methods"] + ["random"]]
         for k, c in r.get("tcav", {}).get("concepts", {}).items():
             rows.append((f"TCAV {k}", f"{c['mean']:.3f} (p = {c['p_value']:.3g})"))
         return rows + [("evaluated", str(r["n_evaluated"]))]
 
     def render(self, r: dict, sec) -> None:
-        import html
-
         import matplotlib.pyplot as plt
 
         if not r.get("n_evaluated"):
             sec.warn("No sample could be explained.")
             return
+        for w in r.get("warnings", []):
+            sec.warn(w)
         pr = r["protocol"]
         sec.p(f"{r['n_evaluated']} seeded samples; maps explain the {r['target']} class. Deletion: the most salient "
               f"pixels are replaced ({pr['deletion_substrate']}) first, in {pr['n_steps']} steps; lower AUC = more "
@@ -293,8 +307,7 @@ class ExplanationsProbe(Probe):
             for g in r["gallery"]:
                 cap = (f"{g['id']}: label {g['label']}; predicted {g['prediction']}; explained class {g['target']} "
                        f"(p = {g['target_prob']:.3f})")
-                sec.html(f'<figure><img src="data:image/jpeg;base64,{g["jpeg_base64"]}" alt="{html.escape(cap)}">'
-                         f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+                sec.image(g["jpeg_base64"], cap, mime="image/jpeg")
         if r.get("tcav"):
             self._render_tcav(r["tcav"], sec)
 
