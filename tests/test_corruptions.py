@@ -111,6 +111,24 @@ def test_corrupt_called_from_the_kernels_own_thread_pool_neither_deadlocks_nor_c
         assert torch.equal(here, there), name
 
 
+def test_alias_table_kernel_equals_its_python_loop(monkeypatch):
+    """Invariant: the numba construction of the noises' alias tables (Vose's method) gives the Python loop's
+    thresholds and aliases exactly, for every noise at the mildest and strongest severity of both parameter sets."""
+    from imgclass.corruptions import get_params, kernels, noise
+
+    for params in ("imagenet", "cifar10"):
+        for name in ("gaussian_noise", "speckle_noise", "shot_noise"):
+            for s in (1, 5):
+                c = float(get_params(name, s, params))
+                prob = noise.poisson_levels(c) if name == "shot_noise" else \
+                    noise.gaussian_levels(c, name == "speckle_noise")
+                fast = noise.alias_table(prob)
+                with monkeypatch.context() as m:
+                    m.setattr(kernels, "HAVE_NUMBA", False)
+                    loop = noise.alias_table(prob)
+                assert all(np.array_equal(a, b) for a, b in zip(fast, loop)), (name, params, s)
+
+
 def test_motion_blur_kernel_equals_its_tensor_twin():
     """Invariant: the CPU kernel of the motion blur (motion_blur and snow) equals the tensor code bit for bit, for
     walks that stay inside the image and walks that leave it (8 px high images, radius 20), one thread or two; the
@@ -358,6 +376,67 @@ def test_probe_decodes_each_image_once():
     ctx = ProbeContext(clf, ds, Engine(clf, batch_size=5, workers=0, device="cpu", progress=False))
     r = get_probe("corruptions", corruptions="fog,contrast", severities="2,4").run(ctx)
     assert len(r["accuracy"]) == 2 and len(loads) == 12 + 1 and sorted(set(loads)) == list(range(12))
+
+
+_BUILT_SCRIPT = """
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+from numba.core.dispatcher import Dispatcher
+from helpers import tiny_classifier
+from imgclass.corruptions import blur, blur_kernels, digital_kernels, noise, noise_kernels, stream, weather
+from imgclass.corruptions import weather_kernels
+from imgclass.data.base import ArrayDataset
+from imgclass.data.labels import LabelSpace
+from imgclass.engine import Engine
+from imgclass.probes import ProbeContext, get_probe
+
+tables, calls = [], []
+levels = noise.gaussian_levels
+noise.gaussian_levels = lambda c, speckle: (tables.append(c), levels(c, speckle))[1]
+logits = Engine.logits
+Engine.logits = lambda self, x: (calls.append(len(x)), logits(self, x))[1]
+rng = np.random.default_rng(0)
+ds = ArrayDataset(rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8), np.arange(10) % 3,
+                  LabelSpace.from_names(["a", "b", "c"]), spec="tiny")
+clf = tiny_classifier(["a", "b", "c"], size=32)
+ctx = ProbeContext(clf, ds, Engine(clf, batch_size=128, workers=0, device="cpu", progress=False))
+r = get_probe("corruptions", corruptions="gaussian_noise,contrast", severities="1,5").run(ctx)
+compiled = sorted(f"{m.__name__.rsplit('.', 1)[1]}.{k}" for m in
+                  (stream, noise_kernels, blur_kernels, weather_kernels, digital_kernels)
+                  for k, v in vars(m).items() if isinstance(v, Dispatcher) and v.signatures)
+print(json.dumps({"compiled": compiled, "tables": tables, "calls": calls, "n": r["n_evaluated"],
+                  "frost": weather._frost_texture.cache_info().currsize,
+                  "zoom": blur._zoom_operator.cache_info().currsize,
+                  "scipy_stats": "scipy.stats" in sys.modules, "seconds": time.perf_counter() - t0}))
+"""
+
+
+def test_probe_run_builds_only_what_its_corruptions_use():
+    """Invariant (the fixed cost of a short run): a fresh 10-image corruptions-probe run of gaussian noise and
+    contrast at severities 1 and 5 compiles (or loads from numba's cache) only those two corruptions' kernels,
+    builds the alias tables of the two noise severities it runs (imagecorruptions' CIFAR constants 0.04 and
+    0.10) and no other, loads no frost texture, builds no zoom operator, does not import scipy.stats, and calls
+    the model once for the clean images and their four variants together (50 images, under one batch). Wall
+    time well under two minutes, a cold numba cache included."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _BUILT_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    entry = {"noise_kernels._alias_rows", "noise_kernels._sample_table", "digital_kernels._contrast"}
+    helpers = {"digital_kernels._plane_sum", "digital_kernels._plane_contrast"}  # compiled with _contrast
+    assert entry <= set(r["compiled"]) <= entry | helpers, r["compiled"]
+    assert r["tables"] == [0.04, 0.10], r["tables"]
+    assert r["frost"] == 0 and r["zoom"] == 0 and not r["scipy_stats"]
+    assert r["n"] == 10 and r["calls"] == [50], r["calls"]
+    assert r["seconds"] < 120, r["seconds"]
 
 
 def test_probe_results_and_report(tmp_path):

@@ -663,6 +663,35 @@ def test_noise_level_tables_equal_the_reference_arithmetic(name):
                 assert worst <= 2 / k + 1e-7, f"{name} {params} severity {s} level {v}: off by {worst:.2e}"
 
 
+def test_noise_level_probabilities_equal_scipy_stats():
+    """Reference: scipy.stats. The level probabilities behind the noise tables, computed with scipy.special (to
+    spare the import of scipy.stats), equal ``norm.cdf`` and ``poisson.pmf`` / ``poisson.sf`` bit for bit, at
+    every severity of both parameter sets."""
+    from scipy.stats import norm, poisson
+
+    from imgclass.corruptions.noise import _between, _level_edges, gaussian_levels, poisson_levels
+
+    x = np.arange(256, dtype=np.float64)[:, None] / 255.0
+    for params in ("imagenet", "cifar10"):
+        for s in range(1, 6):
+            for name in ("gaussian_noise", "speckle_noise"):
+                c = get_params(name, s, params)
+                scale = c * x if name == "speckle_noise" else np.full_like(x, c)
+                with np.errstate(divide="ignore"):
+                    want = _between(norm.cdf((_level_edges()[None, :] - x) / scale))
+                np.testing.assert_array_equal(gaussian_levels(c, name == "speckle_noise"), want)
+            c = get_params("shot_noise", s, params)
+            lam = np.arange(256, dtype=np.float64) / 255.0 * c
+            k = np.arange(int(np.ceil(c)) + 1)
+            level = (np.clip(k / float(c), 0, 1) * 255).astype(np.uint8)
+            pmf = poisson.pmf(k[None, :], lam[:, None])
+            want = np.zeros((256, 256))
+            for j in range(len(k)):
+                want[:, level[j]] += pmf[:, j]
+            want[:, 255] += poisson.sf(len(k) - 1, lam)
+            np.testing.assert_array_equal(poisson_levels(c), want)
+
+
 def test_counter_words_and_uniforms_are_splitmix64(monkeypatch):
     """The counter-based words and float64 uniforms against SplitMix64 written from its published C code (Steele,
     Lea & Flood 2014; Vigna's splitmix64.c), the numba kernels' against the tensor ones, and a uniformity check."""

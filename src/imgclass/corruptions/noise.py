@@ -7,7 +7,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from . import noise_kernels
+from . import kernels, noise_kernels
 from .base import register
 from .stream import words
 
@@ -23,7 +23,11 @@ from .stream import words
 
 def _alias_rows(prob: np.ndarray, thr: np.ndarray, alias: np.ndarray) -> None:
     """Vose's construction of Walker's alias table for each row of ``prob`` (rows sum to 1, 256 columns):
-    column j keeps itself when the word's low 24 bits are below thr[j], else gives alias[j]."""
+    column j keeps itself when the word's low 24 bits are below thr[j], else gives alias[j]. The numba kernel
+    ``noise_kernels.alias_rows`` does the same operations in the same order (on the CPU, by default)."""
+    if kernels.HAVE_NUMBA:
+        noise_kernels.alias_rows(prob, thr, alias)
+        return
     k = prob.shape[1]
     for r in range(prob.shape[0]):
         q = prob[r] * k
@@ -68,30 +72,36 @@ def _between(cdf_at_edges: np.ndarray) -> np.ndarray:
 
 
 def gaussian_levels(c: float, speckle: bool) -> np.ndarray:
-    """P(out = l | in = v) of ``uint8(clip(x + x**speckle * N(0, c**2), 0, 1) * 255)``, x = v / 255."""
-    from scipy.stats import norm
+    """P(out = l | in = v) of ``uint8(clip(x + x**speckle * N(0, c**2), 0, 1) * 255)``, x = v / 255.
+
+    The normal CDF is ``scipy.special.ndtr``, what ``scipy.stats.norm.cdf`` computes, without importing
+    ``scipy.stats`` (over a second)."""
+    from scipy.special import ndtr
 
     x = np.arange(256, dtype=np.float64)[:, None] / 255.0
     scale = c * x if speckle else np.full_like(x, c)
     with np.errstate(divide="ignore"):  # speckle at level 0: no noise, +inf everywhere, P(y < edge) = 1
         t = (_level_edges()[None, :] - x) / scale
-    return _between(norm.cdf(t))
+    return _between(ndtr(t))
 
 
 def poisson_levels(c: float) -> np.ndarray:
     """P(out = l | in = v) of ``uint8(clip(poisson(x * c) / c, 0, 1) * 255)``, x = v / 255: each count's level
-    by the reference's own float arithmetic, counts from ``c`` on all at 255."""
-    from scipy.stats import poisson
+    by the reference's own float arithmetic, counts from ``c`` on all at 255. The probabilities are
+    ``scipy.stats.poisson``'s pmf and sf (``exp(xlogy(k, mu) - gammaln(k + 1) - mu)``, ``pdtrc``) from
+    ``scipy.special``."""
+    from scipy.special import gammaln, pdtrc, xlogy
 
     lam = np.arange(256, dtype=np.float64) / 255.0 * c
     kmax = int(np.ceil(c)) + 1
     k = np.arange(kmax)
     level = (np.clip(k / float(c), 0, 1) * 255).astype(np.uint8)
-    pmf = poisson.pmf(k[None, :], lam[:, None])
+    kk, mu = np.broadcast_arrays(k[None, :], lam[:, None])
+    pmf = np.exp(xlogy(kk, mu) - gammaln(kk + 1) - mu)
     out = np.zeros((256, 256))
     for j in range(kmax):
         out[:, level[j]] += pmf[:, j]
-    out[:, 255] += poisson.sf(kmax - 1, lam)
+    out[:, 255] += pdtrc(kmax - 1, lam)
     return out
 
 

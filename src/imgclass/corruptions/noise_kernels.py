@@ -1,7 +1,9 @@
-"""CPU kernels (numba) of the noise corruptions: alias-table sampling per value, salt and pepper.
+"""CPU kernels (numba) of the noise corruptions: alias-table sampling per value, salt and pepper, and the
+construction of the alias tables.
 
-Each has its tensor twin in ``noise`` (``table_apply``, ``impulse_noise``); the tests hold the two equal. Every
-value's word comes from ``stream``; the work splits by value position (``kernels.run_split``).
+Each has its twin in ``noise`` (``table_apply``, ``impulse_noise``, the Python loop of ``_alias_rows``); the tests
+hold the two equal. Every value's word comes from ``stream``; the work splits by value position
+(``kernels.run_split``).
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import torch
 from . import kernels
 from .kernels import _flat, run_split
 
-__all__ = ["sample_table", "impulse"]
+__all__ = ["alias_rows", "impulse", "sample_table"]
 
 if kernels.HAVE_NUMBA:
     from numba import njit
 
-    from .stream import _LOW, _ONE, _G, _mix, _word
+    from .stream import _G, _LOW, _ONE, _mix, _word
 
     @njit(nogil=True, cache=True, inline="always")
     def _pick(v, w, table):
@@ -59,6 +61,44 @@ if kernels.HAVE_NUMBA:
                 flip = np.int64(w < t_flip)
                 out[base + i] = np.uint8(np.int64(x[base + i]) * (1 - flip) + 255 * np.int64(w < t_salt))
             img += 1
+
+    @njit(cache=True)
+    def _alias_rows(prob, thr, alias):
+        """``noise._alias_rows``'s Python loop, operation for operation (the same stacks, pops and sums)."""
+        rows, k = prob.shape
+        small = np.empty(k, np.int64)
+        large = np.empty(k, np.int64)
+        for r in range(rows):
+            q = prob[r] * k
+            ns = nl = 0
+            for j in range(k):
+                if q[j] < 1.0:
+                    small[ns] = j
+                    ns += 1
+                else:
+                    large[nl] = j
+                    nl += 1
+            for j in range(k):
+                alias[r, j] = j
+                thr[r, j] = 1 << 24
+            while ns and nl:
+                ns -= 1
+                nl -= 1
+                s, g = small[ns], large[nl]
+                thr[r, s] = int(q[s] * (1 << 24) + 0.5)
+                alias[r, s] = g
+                q[g] = (q[g] + q[s]) - 1.0
+                if q[g] < 1.0:
+                    small[ns] = g
+                    ns += 1
+                else:
+                    large[nl] = g
+                    nl += 1
+
+
+def alias_rows(prob: np.ndarray, thr: np.ndarray, alias: np.ndarray) -> None:
+    """CPU kernel of ``noise._alias_rows``: fills thr (int32) and alias (uint8), each (rows, 256)."""
+    _alias_rows(np.ascontiguousarray(prob, dtype=np.float64), thr, alias)
 
 
 def sample_table(x: torch.Tensor, keys: torch.Tensor, table: np.ndarray) -> torch.Tensor:

@@ -102,11 +102,29 @@ class CorruptionsProbe(Probe):
 
         def fn(b):
             ids = [ds.sample_id(int(i)) for i in b.indices]
-            out = {"labels": b.labels, "clean": al.apply(eng.logits(eng.to_float(b.images))).argmax(1)}
+            out = {"labels": b.labels}
+            pending: list[tuple[str, torch.Tensor]] = []  # variants waiting for the model, at most a batch
+
+            def predict() -> None:
+                x = torch.cat([v for _, v in pending]) if len(pending) > 1 else pending[0][1]
+                top1 = al.apply(eng.logits(eng.to_float(x))).argmax(1)
+                for (key, _), part in zip(pending, top1.split([len(v) for _, v in pending])):
+                    out[key] = part
+                pending.clear()
+
+            def add(key: str, x: torch.Tensor) -> None:
+                # a small batch (a short run, the last batch) shares model calls between its variants: one call
+                # per variant of 10 images costs about as much as one call for all of them
+                pending.append((key, x))
+                if sum(len(v) for _, v in pending) >= eng.batch_size:
+                    predict()
+
+            add("clean", b.images)
             for name in names:
                 for s in sevs:
-                    x = corrupt(b.images, name, s, seed=ctx.seed, sample_ids=ids, params=pset)
-                    out[f"{name}/{s}"] = al.apply(eng.logits(eng.to_float(x))).argmax(1)
+                    add(f"{name}/{s}", corrupt(b.images, name, s, seed=ctx.seed, sample_ids=ids, params=pset))
+            if pending:
+                predict()
             return out
 
         res = eng.map(ds, fn, desc=f"corruptions ({len(names)} x {len(sevs)})")
