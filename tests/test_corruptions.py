@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 
 from imgclass import evaluate
-from imgclass.corruptions import COMMON, CORRUPTIONS, RANDOM, apply, corrupt, draw
+from imgclass.corruptions import COMMON, CORRUPTIONS, EXTRA, RANDOM, apply, corrupt, draw
 from imgclass.data.base import ArrayDataset
 from imgclass.data.labels import LabelSpace
+from imgclass.errors import UnknownNameError, UsageError
 
 from conftest import mirror_file
 from helpers import tiny_classifier
@@ -224,13 +225,40 @@ def test_glass_blur_pixel_walk_equals_the_sequential_loop():
         np.testing.assert_array_equal(src[n].numpy(), img.ravel())
 
 
+def test_unknown_corruption_names_get_the_registrys_message():
+    """Reference: the corruption registry (``imgclass.registry.Registry``): corrupt(), draw(), get_params() and the
+    probe's corruption list answer an unknown name with exactly its message (close matches, the full list); the
+    probe adds its group names."""
+    from imgclass.corruptions import get_params
+    from imgclass.corruptions.base import REGISTRY
+    from imgclass.probes.corruptions import _names
+
+    with pytest.raises(UnknownNameError) as want:
+        REGISTRY["fogg"]
+    assert "did you mean 'fog'?" in str(want.value) and "known corruptions: brightness, contrast" in str(want.value)
+    x = _images(2)
+    for call in (lambda: corrupt(x, "fogg", 1, seed=0, sample_ids=[0, 1]),
+                 lambda: corrupt(x[:0], "fogg", 1, seed=0, sample_ids=[]),
+                 lambda: draw(x, "fogg", 1, seed=0, sample_ids=[0, 1]),
+                 lambda: get_params("fogg", 1, "cifar10")):
+        with pytest.raises(UnknownNameError) as got:
+            call()
+        assert str(got.value) == str(want.value)
+    with pytest.raises(UnknownNameError) as got:
+        _names("contrast, fogg")
+    assert str(got.value) == f"{want.value}; or a group: all, common, extra"
+    with pytest.raises(UsageError, match="no corruptions given"):
+        _names(" , ")
+    assert _names("fog, contrast") == ("fog", "contrast") and _names("extra") == EXTRA
+
+
 def test_bad_input_gets_a_clear_error():
     x = _images(2)
     with pytest.raises(TypeError, match="uint8"):
         corrupt(x.float(), "fog", 1, seed=0, sample_ids=[0, 1])
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         corrupt(x[:, :1], "fog", 1, seed=0, sample_ids=[0, 1])
-    with pytest.raises(ValueError, match="known: gaussian_noise"):
+    with pytest.raises(UnknownNameError, match="unknown corruption 'rain'; known corruptions: brightness, "):
         corrupt(x, "rain", 1, seed=0, sample_ids=[0, 1])
     with pytest.raises(ValueError, match="1..5"):
         corrupt(x, "fog", 6, seed=0, sample_ids=[0, 1])

@@ -47,8 +47,7 @@ def _check(images: torch.Tensor, name: str) -> None:
         raise UsageError(f"corrupt expects images of shape (N, 3, H, W), got {tuple(images.shape)}")
     if min(images.shape[-2:]) < 8:
         raise UsageError(f"images must be at least 8x8 pixels, got {tuple(images.shape[-2:])}")
-    if name not in REGISTRY:
-        raise UsageError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
+    REGISTRY[name]  # an unknown name: UnknownNameError with the close matches and the list
 
 
 def draw(images: torch.Tensor, name: str, severity: int, *, seed: int, sample_ids: Sequence[str | int],

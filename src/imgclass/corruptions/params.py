@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, unknown_name
 
 PARAM_SETS = ("imagenet", "cifar10")
 
@@ -77,8 +77,8 @@ def get_params(name: str, severity: int, params: str):
     if params not in TABLES:
         raise UsageError(f"unknown corruption parameter set {params!r}; known: {', '.join(PARAM_SETS)}")
     table = TABLES[params]
-    if name not in table:
-        raise UsageError(f"unknown corruption {name!r}; known: {', '.join(table)}")
+    if name not in table:  # the corruption registry's message: close matches and the list
+        raise unknown_name("corruption", name, table)
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
         raise UsageError(f"severity must be an integer in 1..5, got {severity!r}")
     return table[name][int(severity) - 1]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UsageError
+from ..errors import UnknownNameError, UsageError
 from .base import CliFlag, Probe, ProbeContext, register_probe
 
 # AlexNet top-1 errors on ImageNet-C, averaged over severities 1-5 (Hendrycks & Dietterich, ICLR 2019; the
@@ -41,7 +41,10 @@ FAMILIES = {"noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
 
 
 def _names(value) -> tuple[str, ...]:
+    """Corruption names (a list, a comma-separated string, or a group: all, common, extra), each checked by the
+    corruption registry."""
     from ..corruptions import COMMON, CORRUPTIONS, EXTRA
+    from ..corruptions.base import REGISTRY
 
     if isinstance(value, str):
         groups = {"all": CORRUPTIONS, "common": COMMON, "extra": EXTRA}
@@ -49,10 +52,13 @@ def _names(value) -> tuple[str, ...]:
             return tuple(groups[value.strip()])
         value = [v.strip() for v in value.split(",") if v.strip()]
     names = tuple(value)
-    bad = [n for n in names if n not in CORRUPTIONS]
-    if bad or not names:
-        raise UsageError(f"unknown corruption(s) {bad or names}; known: {', '.join(CORRUPTIONS)} "
-                         f"(or all, common, extra)")
+    if not names:
+        raise UsageError("no corruptions given: name some, or a group (all, common, extra)")
+    for n in names:
+        try:
+            REGISTRY[n]
+        except UnknownNameError as e:
+            raise UnknownNameError(f"{e}; or a group: all, common, extra") from None
     return names
 
 
