@@ -134,7 +134,10 @@ def test_randomization_cascade_redraws_exactly_the_top_layers(resnet20):
     after = explain(rand3, x, t, method="saliency")
     direct = [spearman(a.abs().numpy(), b.abs().numpy()) for a, b in zip(before, after)]
     np.testing.assert_allclose(r.spearman_abs["saliency"][1], direct, rtol=1e-6)
-    assert max(r.mean("gradcam")) < 0.999 and max(r.mean("saliency")) < 0.999
+    # seeded and deterministic (measured: saliency 0.546 / 0.265, Grad-CAM -0.235 / -0.094 at stages 1 / 3): the maps
+    # lose the trained model's structure as the cascade deepens, Grad-CAM's at once (Adebayo et al. 2018)
+    assert r.mean("saliency") == pytest.approx([0.546, 0.265], abs=0.02)
+    assert r.mean("gradcam") == pytest.approx([-0.235, -0.094], abs=0.02)
     again = randomization_check(resnet20, x, methods=("saliency",), stages=(1,), seed=4)
     assert again.spearman_abs["saliency"] == r.spearman_abs["saliency"][:1]  # seeded: reproducible
 

@@ -93,7 +93,7 @@ def test_coral_mobilenet_v2_shape_bias_is_about_0_2():
     mirror_file("models/coral-mobilenet-tflite/mobilenet_v2_1.0_224_quant.tflite")
     r = evaluate("zoo:coral-mobilenet-v2-1.0-224", "zoo:cue-conflict", probes=["shape_bias"], progress=False)
     sb = r["probes"]["shape_bias"]
-    assert 0.15 <= sb["shape_bias"] <= 0.26
+    assert sb["shape_bias"] == pytest.approx(0.213, abs=0.004), sb["shape_bias"]  # deterministic: a stimulus or two
     assert sb["n_conflict_stimuli"] == 1200 and sb["n_excluded_same_category"] == 80
 
 
@@ -122,6 +122,6 @@ def test_tta_on_cifar_resnet(tmp_path):
     for name, v in s.items():
         assert v["oracle"] >= v["accuracy"] - 1e-12
     assert s["all"]["oracle"] >= max(v["oracle"] for v in s.values()) - 1e-12
-    assert s["flip"]["accuracy"] >= acc - 0.01
+    assert s["flip"]["accuracy"] >= acc, (s["flip"]["accuracy"], acc)
     assert s["zoom"]["n_views"] == 1 + 3 * 9
     assert "Test-time augmentation" in (tmp_path / "report.html").read_text()
