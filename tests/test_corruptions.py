@@ -476,10 +476,65 @@ def test_probe_results_and_report(tmp_path):
     assert r["parameter_set"] == "cifar10" and r["mce_normalization"] == "none"
     assert r["mce"] == pytest.approx(1 - r["mean_accuracy"])
     assert r["examples"]["rows"] == ["gaussian_noise", "contrast", "frost"] and r["examples"]["jpeg_base64"]
+    from imgclass.report.images import decode_base64_image
+
+    assert decode_base64_image(r["examples"]["jpeg_base64"]).shape == (3 * 32, 3 * 32, 3)  # rows x (clean, 1, 5)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())["probes"]["corruptions"]
     assert saved["accuracy"] == r["accuracy"]
     html = (tmp_path / "run" / "report.html").read_text()
     assert "Common corruptions" in html and html.count("<img") == 2  # the accuracy plot and the example grid
+
+
+def _fake_result(names, params, sevs=(1, 2, 3, 4, 5)) -> dict:
+    """A corruptions result with made-up accuracies (for the report's layout only)."""
+    from imgclass.probes.corruptions import CorruptionsProbe
+
+    rng = np.random.default_rng(0)
+    acc = {c: {str(s): float(rng.uniform(0.1, 0.9)) for s in sevs} for c in names}
+    r = {"parameter_set": params, "corruptions": list(names), "severities": list(sevs), "n_evaluated": 10,
+         "clean_accuracy": 0.95, "accuracy": acc, "error": {c: 1 - float(np.mean(list(a.values())))
+                                                           for c, a in acc.items()}}
+    r["mean_accuracy"] = float(np.mean([a for row in acc.values() for a in row.values()]))
+    r["mean_error"] = 1 - r["mean_accuracy"]
+    r.update(CorruptionsProbe._mce(r, names, sevs, params, COMMON))
+    return r
+
+
+def test_probe_report_plots_one_panel_per_family_and_says_why_ce_is_missing():
+    """Invariants of the report: one panel per family run (noise, blur, weather, digital, extra), each corruption a
+    line of its own colour starting at the clean accuracy, and in every panel the mean over all corruptions run
+    (its values the mean of the table's cells per severity); the CE column never holds an empty cell: AlexNet's
+    normalization (Hendrycks & Dietterich's ImageNet-C convention) gives a number for the 15 ImageNet-C
+    corruptions at all five severities and a reason otherwise."""
+    import matplotlib.pyplot as plt
+
+    from imgclass.probes.corruptions import CorruptionsProbe
+
+    names = ("gaussian_noise", "shot_noise", "frost", "contrast", "pixelate", "spatter")
+    r = _fake_result(names, "imagenet")
+    fig = CorruptionsProbe._plot(r)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["noise", "weather", "digital", "extra"]
+    mean = [0.95] + [np.mean([r["accuracy"][c][str(s)] for c in names]) for s in range(1, 6)]
+    for ax, members in zip(panels, [names[:2], names[2:3], names[3:5], names[5:]]):
+        lines = {ln.get_label(): ln for ln in ax.get_lines()}
+        assert set(lines) == {"mean (all)", *members}
+        np.testing.assert_allclose(lines["mean (all)"].get_ydata(), mean)
+        assert len({ln.get_color() for ln in lines.values()}) == len(lines)
+        assert all(ln.get_ydata()[0] == 0.95 for ln in lines.values())
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == list(lines)
+    plt.close(fig)
+    head, rows = CorruptionsProbe._table(r)
+    col = head.index("CE (AlexNet-normalized)")
+    ce = {row[0]: row[col] for row in rows}
+    assert ce["gaussian_noise"] == pytest.approx(r["error"]["gaussian_noise"] / 0.886428)
+    assert ce["spatter"] == "n/a: not one of the 15 ImageNet-C corruptions"
+    head, rows = CorruptionsProbe._table(_fake_result(names, "cifar10"))
+    assert {row[head.index("CE (AlexNet-normalized)")] for row in rows} == \
+        {"n/a: AlexNet normalization is an ImageNet-C convention"}
+    head, rows = CorruptionsProbe._table(_fake_result(names, "imagenet", sevs=(1, 3)))
+    assert rows[0][head.index("CE (AlexNet-normalized)")] == "n/a: needs all five severities"
+    assert all(cell != "" and cell is not None for row in rows for cell in row)
 
 
 def test_probe_accuracy_equals_direct_evaluation(tmp_path):

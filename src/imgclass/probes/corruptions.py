@@ -10,8 +10,6 @@ relative CE (sum_s (E_{s,c} - E_clean) / sum_s (E^base_{s,c} - E^base_clean)) ar
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import UnknownNameError, UsageError
+from ..report.images import image_base64
 from .base import CliFlag, Probe, ProbeContext, register_probe
 
 # AlexNet top-1 errors on ImageNet-C, averaged over severities 1-5 (Hendrycks & Dietterich, ICLR 2019; the
@@ -232,10 +231,8 @@ class CorruptionsProbe(Probe):
         pil = Image.fromarray(grid.permute(1, 2, 0).cpu().numpy())
         if scale < 1:
             pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.BOX)
-        buf = io.BytesIO()
-        pil.save(buf, "JPEG", quality=85)
         return {"sample_id": sid, "rows": list(names), "columns": ["clean"] + [str(s) for s in sevs],
-                "jpeg_base64": base64.b64encode(buf.getvalue()).decode()}
+                "jpeg_base64": image_base64(pil, fmt="JPEG", quality=85)}
 
     def summary(self, r: dict) -> list[tuple[str, str]]:
         def f(v):
@@ -265,57 +262,86 @@ class CorruptionsProbe(Probe):
             sec.p(r["mce_note"])
         if r["mce_normalization"] == "alexnet" and r.get("alexnet"):
             sec.p("Normalization: " + r["alexnet"]["source"] + ".")
-        sevs = [str(s) for s in r["severities"]]
-        head = ["corruption"] + [f"sev {s}" for s in sevs] + ["mean", "CE"]
-        table = []
-        for c in r["corruptions"]:
-            accs = [r["accuracy"][c][s] for s in sevs]
-            ce = (r.get("ce") or {}).get(c)
-            table.append([c] + accs + [float(np.mean(accs)), "" if ce is None else ce])
+        head, table = self._table(r)
         sec.table(head, table)
         if r["n_evaluated"]:
-            sec.figure(self._plot(r), "Accuracy against severity (0 = clean) per corruption; the black line is "
-                                      "the mean over corruptions")
+            sec.figure(self._plot(r), "Top-1 accuracy against severity (0 = clean), one panel per corruption family; "
+                                      "the dashed black line in every panel is the mean over all corruptions run")
         ex = r.get("examples")
         if ex:
             sec.figure(self._grid(ex), f"Sample {ex['sample_id']}: clean, then each severity")
 
     @staticmethod
+    def _table(r: dict) -> tuple[list[str], list[list]]:
+        """Accuracy per corruption and severity, its mean, the AlexNet-normalized CE (or why there is none) and,
+        with a baseline, the CEs against it."""
+        sevs = [str(s) for s in r["severities"]]
+        ce = r.get("ce") or {}
+        base = r.get("baseline")
+        head = ["corruption", "family"] + [f"sev {s}" for s in sevs] + ["mean", "CE (AlexNet-normalized)"]
+        if base:
+            head += ["CE vs baseline", "relative CE vs baseline"]
+        family = {c: f for f, members in FAMILIES.items() for c in members}
+        table = []
+        for c in r["corruptions"]:
+            accs = [r["accuracy"][c][s] for s in sevs]
+            row = [c, family.get(c, "other")] + [_or_na(a) for a in accs]
+            row.append(float(np.mean(accs)) if r["n_evaluated"] else "n/a")
+            row.append(ce[c] if c in ce else _no_ce_reason(r, c))
+            if base:
+                row += [_or_na(base["ce"].get(c)), _or_na(base["relative_ce"].get(c))]
+            table.append(row)
+        return head, table
+
+    @staticmethod
     def _plot(r: dict):
+        """Small multiples: one panel per corruption family, each corruption a line of its own colour and marker,
+        the mean over all corruptions as a reference line in every panel."""
         import matplotlib.pyplot as plt
 
         from . import plots  # noqa: F401  (Agg backend)
 
         sevs = [str(s) for s in r["severities"]]
         xs = [0] + [int(s) for s in sevs]
-        fig, ax = plt.subplots(figsize=(7.5, 4.2))
-        cmap = {"noise": "Reds", "blur": "Blues", "weather": "Greens", "digital": "Purples", "extra": "Greys"}
-        for fam, members in FAMILIES.items():
-            cs = [c for c in members if c in r["accuracy"]]
-            colors = plt.get_cmap(cmap[fam])(np.linspace(0.45, 0.9, max(1, len(cs))))
-            for c, col in zip(cs, colors):
-                ax.plot(xs, [r["clean_accuracy"]] + [r["accuracy"][c][s] for s in sevs], marker="o", ms=3,
-                        lw=1.2, color=col, label=c)
-        mean = [r["clean_accuracy"]] + [float(np.mean([r["accuracy"][c][s] for c in r["corruptions"]]))
-                                        for s in sevs]
-        ax.plot(xs, mean, color="k", lw=2.5, label="mean")
-        ax.set_xticks(xs)
-        ax.set_xticklabels(["clean"] + sevs)
-        ax.set_xlabel("severity")
-        ax.set_ylabel("top-1 accuracy")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+        clean = r["clean_accuracy"]
+        family = {c: f for f, members in FAMILIES.items() for c in members}
+        panels: dict[str, list[str]] = {}
+        for c in r["corruptions"]:
+            panels.setdefault(family.get(c, "other"), []).append(c)
+        order = [f for f in (*FAMILIES, "other") if f in panels]
+        ncols = 2 if len(order) == 4 else min(3, len(order))
+        nrows = -(-len(order) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols, 3.1 * nrows), sharey=True, squeeze=False)
+        mean = [clean] + [float(np.mean([r["accuracy"][c][s] for c in r["corruptions"]])) for s in sevs]
+        colors = plt.get_cmap("tab10").colors
+        markers = "os^Dv"
+        for ax, fam in zip(axes.flat, order):
+            ax.plot(xs, mean, color="k", lw=1.8, ls="--", label="mean (all)")
+            for i, c in enumerate(panels[fam]):
+                ax.plot(xs, [clean] + [r["accuracy"][c][s] for s in sevs], color=colors[i % len(colors)],
+                        marker=markers[i % len(markers)], ms=4, lw=1.4, label=c)
+            ax.set_title(fam, fontsize=10)
+            ax.set_xticks(xs)
+            ax.set_xticklabels(["clean"] + sevs, fontsize=8)
+            ax.set_xlabel("severity", fontsize=8)
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="lower left")
+        for ax in axes.flat[len(order):]:
+            ax.set_visible(False)
+        for ax in axes[:, 0]:
+            ax.set_ylabel("top-1 accuracy")
+        fig.tight_layout()
         return fig
 
     @staticmethod
     def _grid(ex: dict):
         import matplotlib.pyplot as plt
-        from PIL import Image
 
+        from ..report.images import decode_base64_image
         from . import plots  # noqa: F401
 
-        img = np.asarray(Image.open(io.BytesIO(base64.b64decode(ex["jpeg_base64"]))))
+        img = decode_base64_image(ex["jpeg_base64"])
         nr, nc = len(ex["rows"]), len(ex["columns"])
         fig, ax = plt.subplots(figsize=(1.2 * nc + 1.6, 1.2 * nr))
         ax.imshow(img, interpolation="nearest")
@@ -328,3 +354,20 @@ class CorruptionsProbe(Probe):
         for s in ax.spines.values():
             s.set_visible(False)
         return fig
+
+
+def _or_na(v):
+    return "n/a" if v is None else v
+
+
+def _no_ce_reason(r: dict, name: str) -> str:
+    """Why a corruption of a run has no AlexNet-normalized CE."""
+    from ..corruptions import COMMON
+
+    if r["parameter_set"] != "imagenet":
+        return "n/a: AlexNet normalization is an ImageNet-C convention"
+    if name not in COMMON:
+        return "n/a: not one of the 15 ImageNet-C corruptions"
+    if r["n_evaluated"] == 0:
+        return "n/a: no image evaluated"
+    return "n/a: needs all five severities"
