@@ -38,6 +38,10 @@ class Options:
     def __contains__(self, key: str) -> bool:
         return key in self._opts
 
+    def set(self, key: str, value: str) -> None:
+        """Add (or replace) an option still to be read, e.g. one handed on from an outer spec."""
+        self._opts[key] = value
+
     def str(self, key: str, default: str | None = None) -> str | None:
         return self._opts.pop(key, default)
 

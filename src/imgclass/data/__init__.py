@@ -30,6 +30,7 @@ __all__ = [
     "register_dataset_source",
     "register_zoo_dataset",
     "align_labels",
+    "decode_image",
 ]
 
 DATASET_SOURCES: Registry["SourceEntry"] = Registry("dataset source")
@@ -206,7 +207,7 @@ def _zoo_cifar10_lossless(split: str, opts: Options) -> ImageDataset:
     asset = "cifar10-lossless-test1000" if split == "test" else "cifar10-lossless-train2000"
     ds = load_npz(fetch(asset), spec=f"zoo:cifar10-lossless:{split}")
     key = f"{split}_index"
-    ds._ids = [f"{split}/{int(i)}" for i in ds.extra[key]]
+    ds.set_ids([f"{split}/{int(i)}" for i in ds.extra[key]])
     ds.classes = LabelSpace(ds.classes.names, None, True, "cifar10")
     if split == "test" and opts.bool("human_labels", True):
         _attach_cifar10h(ds, ds.extra[key], required=True)

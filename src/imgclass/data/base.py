@@ -138,6 +138,13 @@ class ArrayDataset(ImageDataset):
     def sample_id(self, i: int) -> str:
         return self._ids[i] if self._ids is not None else str(i)
 
+    def set_ids(self, ids: Sequence[str]) -> None:
+        """Name the samples (stable ids such as ``test/17``); one id per image."""
+        ids = [str(i) for i in ids]
+        if len(ids) != len(self):
+            raise ValueError(f"{self.spec}: {len(ids)} ids for {len(self)} images")
+        self._ids = ids
+
     def load(self, i: int) -> torch.Tensor:
         img = self.images[i]
         c = img.shape[-1]

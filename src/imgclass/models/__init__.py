@@ -95,7 +95,7 @@ def load_model(spec: str | Classifier | nn.Module, *, device: str | None = None,
             opts = _options_of(clf.source or "classifier", options)
             override_contract(clf, opts)
             opts.finish()
-            _check_outputs(clf)
+            check_outputs(clf)
     elif isinstance(spec, nn.Module):
         clf = _from_module(spec, options)
     else:
@@ -146,10 +146,10 @@ def _from_module(module: nn.Module, options: dict) -> Classifier:
     if hasattr(module, "pretrained_cfg") and module.pretrained_cfg:  # a timm model knows its contract
         from timm.data import resolve_data_config
 
-        from .checkpoint import _config_from_timm
+        from .checkpoint import config_from_timm
         from .sources import timm_labels
 
-        config, labels, how = _config_from_timm(resolve_data_config({}, model=module)), timm_labels(module), \
+        config, labels, how = config_from_timm(resolve_data_config({}, model=module)), timm_labels(module), \
             "timm's pretrained config"
     else:
         config = ModelConfig((3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, 0.875, "bilinear")
@@ -158,7 +158,7 @@ def _from_module(module: nn.Module, options: dict) -> Classifier:
             "assumed: ImageNet mean/std at 224 px, crop 0.875, bilinear (torchvision's convention); state mean/std"
     config, labels = apply_contract_options(config, labels, opts)
     opts.finish()
-    clf = _check_outputs(Classifier(module, labels=labels, config=config, source=text, arch=None,
+    clf = check_outputs(Classifier(module, labels=labels, config=config, source=text, arch=None,
                                     info={"module": f"{type(module).__module__}.{type(module).__qualname__}",
                                           "contract": how}))
     if not clf.labels.known and clf.num_classes == 1000 and "classes" not in given:
@@ -203,7 +203,7 @@ def override_contract(clf: Classifier, opts: Options) -> Classifier:
     return clf.set_contract(config, labels)
 
 
-def _check_outputs(clf: Classifier) -> Classifier:
+def check_outputs(clf: Classifier) -> Classifier:
     """Run one tiny forward to check the output width against the label space."""
     import torch
 

@@ -227,7 +227,7 @@ def classifier_from_checkpoint(path: str | os.PathLike, *, arch: str | None = No
     elif arch.startswith("timm:"):
         from timm.data import resolve_data_config
 
-        config = _config_from_timm(resolve_data_config({}, model=model))
+        config = config_from_timm(resolve_data_config({}, model=model))
     elif arch.startswith("cifar_"):
         from .classifier import IMAGENET_MEAN, IMAGENET_STD
 
@@ -248,6 +248,6 @@ def _guess_num_classes(sd: dict[str, torch.Tensor]) -> int:
     return int(linear[-1].shape[0])
 
 
-def _config_from_timm(cfg: dict) -> ModelConfig:
+def config_from_timm(cfg: dict) -> ModelConfig:
     return ModelConfig(tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]),
                        float(cfg.get("crop_pct") or 1.0), cfg.get("interpolation", "bicubic"))

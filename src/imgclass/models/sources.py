@@ -12,9 +12,9 @@ from torch import nn
 
 from ..data.labels import LabelSpace, imagenet_space, named_space
 from ..specs import Options, Spec, SpecError
-from . import (ZOO_MODELS, ModelLoadError, _check_outputs, apply_contract_options, override_contract,
+from . import (ZOO_MODELS, ModelLoadError, check_outputs, apply_contract_options, override_contract,
                register_model_source, register_zoo_model)
-from .checkpoint import CheckpointError, _config_from_timm, classifier_from_checkpoint, load_state_dict_file
+from .checkpoint import CheckpointError, config_from_timm, classifier_from_checkpoint, load_state_dict_file
 from .classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, ModelConfig
 
 # ---------------------------------------------------------------------------------------------- timm
@@ -67,13 +67,13 @@ def _timm(s: Spec, opts: Options) -> Classifier:
         except RuntimeError as e:
             raise CheckpointError(f"{checkpoint}: weights do not fit timm:{name}: {str(e)[:500]}") from None
     cfg = resolve_data_config({}, model=model, use_test_size=use_test_size)
-    config = _config_from_timm(cfg)
+    config = config_from_timm(cfg)
     config, labels = apply_contract_options(config, timm_labels(model), opts)
     arch = "timm:" + name.split(".")[0]
     clf = Classifier(model, labels=labels, config=config, source=s.text, arch=arch,
                      info={"pretrained": bool(pretrained and checkpoint is None), "checkpoint": checkpoint,
                            "pretrained_tag": getattr(model, "pretrained_cfg", {}).get("tag")})
-    return _check_outputs(clf)
+    return check_outputs(clf)
 
 
 def _hub_host() -> str:
@@ -164,7 +164,7 @@ def _file(s: Spec, opts: Options) -> Classifier:
     clf = classifier_from_checkpoint(
         s.target, arch=opts.str("arch"), trust=opts.bool("trust", False), key=opts.str("key"), source=s.text
     )
-    return _check_outputs(override_contract(clf, opts))
+    return check_outputs(override_contract(clf, opts))
 
 
 # ---------------------------------------------------------------------------------------------- onnx
@@ -206,7 +206,7 @@ def _onnx(s: Spec, opts: Options) -> Classifier:
     config = ModelConfig(input_size, (0.0,) * c, (1.0,) * c, 1.0, "bilinear", layout)
     config, labels = apply_contract_options(config, LabelSpace.anonymous(0), opts)
     clf = Classifier(module, labels=labels, config=config, source=s.text, arch=None, info={"file": str(path)})
-    return _check_outputs(clf)
+    return check_outputs(clf)
 
 
 # ---------------------------------------------------------------------------------------------- tflite
@@ -226,7 +226,7 @@ def _tflite(s: Spec, opts: Options) -> Classifier:
     override_contract(clf, opts)
     if not clf.labels.known:
         clf.set_contract(labels=_labels_beside(path, clf.num_classes) or clf.labels)
-    return _check_outputs(clf)
+    return check_outputs(clf)
 
 
 def _labels_beside(path: Path, n: int) -> LabelSpace | None:
@@ -258,17 +258,17 @@ def _py(s: Spec, opts: Options) -> Classifier:
         raise ModelLoadError(f"{s.text}: {path} defines no {func!r}")
     obj = getattr(module, func)()
     if isinstance(obj, Classifier):
-        return _check_outputs(override_contract(obj, opts))
+        return check_outputs(override_contract(obj, opts))
     if not isinstance(obj, nn.Module):
         raise ModelLoadError(f"{s.text}: {func}() returned {type(obj).__name__}, not an nn.Module or Classifier")
     if hasattr(obj, "pretrained_cfg") and obj.pretrained_cfg:
         from timm.data import resolve_data_config
 
-        config, labels = _config_from_timm(resolve_data_config({}, model=obj)), timm_labels(obj)
+        config, labels = config_from_timm(resolve_data_config({}, model=obj)), timm_labels(obj)
     else:
         config, labels = ModelConfig(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)), LabelSpace.anonymous(0)
     config, labels = apply_contract_options(config, labels, opts)
-    return _check_outputs(Classifier(obj, labels=labels, config=config, source=s.text, info={"file": str(path)}))
+    return check_outputs(Classifier(obj, labels=labels, config=config, source=s.text, info={"file": str(path)}))
 
 
 # ---------------------------------------------------------------------------------------------- zoo
@@ -277,7 +277,7 @@ def _py(s: Spec, opts: Options) -> Classifier:
 @register_model_source("zoo", "zoo:NAME - a registered pretrained model (see `imgclass models`)")
 def _zoo(s: Spec, opts: Options) -> Classifier:
     clf = ZOO_MODELS[s.target].build(opts)
-    return _check_outputs(override_contract(clf, opts))
+    return check_outputs(override_contract(clf, opts))
 
 
 def _cifar_resnet_zoo(depth: int):
@@ -345,7 +345,7 @@ def _tflite_zoo(asset: str, labels_asset: str | None, options: str):
         io = inner.pop_options()
         for k in ("runtime", "quant"):
             if k in opts:
-                io._opts[k] = opts.str(k)
+                io.set(k, opts.str(k))
         clf = _tflite(inner, io)
         io.finish()
         return clf
