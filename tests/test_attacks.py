@@ -369,3 +369,15 @@ def test_budgets_that_cannot_mean_what_they_say_are_refused(r2b):
     with pytest.raises(UsageError, match=r"sqrt\(C\*H\*W\) = 55.4"):
         get_attack("pgd", eps=60, norm="l2")(r2b, x, y)
     assert get_attack("pgd", eps=55, norm="l2", steps=1)(r2b, x, y).norm.max() <= 55
+
+
+def test_l2_pgd_on_channels_last_images_matches_contiguous_ones(r2b):
+    """Reference: the same L2 PGD on the same images in contiguous memory. The engine hands images over channels-last
+    (CUDA, and the loader's HWC-decoded batches); the attack must accept them (it failed reshaping them) and find
+    the same adversarials."""
+    x, y = _images(8)
+    att = get_attack("pgd", eps=0.5, norm="l2", steps=5, random_start=False)
+    cl = att(r2b, x.contiguous(memory_format=torch.channels_last), y, seed=0)
+    plain = att(r2b, x, y, seed=0)
+    assert torch.equal(cl.success, plain.success)
+    assert (cl.adv - plain.adv).abs().max() < 1e-5

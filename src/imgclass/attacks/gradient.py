@@ -31,7 +31,7 @@ def _step(x: torch.Tensor, adv: torch.Tensor, grad: torch.Tensor, alpha: float, 
         return torch.clamp(x + delta, min=0, max=1)
     adv = adv + alpha * _l2_unit(grad, 1e-10)
     delta = adv - x
-    n = torch.norm(delta.view(len(x), -1), p=2, dim=1)
+    n = torch.norm(delta.reshape(len(x), -1), p=2, dim=1)
     factor = torch.min(eps / n, torch.ones_like(n))
     return torch.clamp(x + delta * factor.view(-1, 1, 1, 1), min=0, max=1)
 
