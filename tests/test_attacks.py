@@ -339,6 +339,7 @@ class _PerSample(torch.nn.Module):
     ("pgd", {"eps": 0.5, "norm": "l2", "steps": 5}), ("apgd-ce", {"eps": 8 / 255, "steps": 5, "restarts": 2}),
     ("apgd-t", {"eps": 2 / 255, "steps": 5, "targets": 2}), ("square", {"eps": 2 / 255, "n_queries": 60}),
     ("square", {"eps": 0.3, "norm": "l2", "n_queries": 60}), ("cw", {"steps": 20, "search_steps": 2}),
+    ("cw", {"steps": 20, "search_steps": 2, "abort_early": True}),
     ("hsj", {"max_queries": 100, "chunk": 64}),
 ])
 def test_with_sample_keys_a_sample_gets_the_same_result_in_any_batch(r2b, name, kw):

@@ -3,8 +3,9 @@
 Minimises ``||x' - x||_2^2 + c * max(z_y - max_{j!=y} z_j, -kappa)`` (targeted: the target's margin)
 over ``x' = (tanh(w) + 1) / 2``; per sample, ``c`` is halved towards the smallest value that still
 succeeds, or multiplied by 10 until one does (the paper's search). Written here because the peers
-(torchattacks) leave the binary search out. ``abort_early`` stops a sample's descent when its own loss
-stalls (the authors' rule, with their batch of one), so a sample's result does not depend on its batch.
+(torchattacks) leave the binary search out. ``abort_early=True`` stops a sample's descent when its own
+loss stalls (the authors' rule, with their default batch of one), so a sample's result does not depend on
+its batch; off by default, as in torchattacks: every sample takes every step (the strongest search).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class CarliniWagnerL2(Attack):
     initial_const: float = 1.0
     lr: float = 0.01
     kappa: float = 0.0
-    abort_early: bool = True
+    abort_early: bool = False
 
     minimal = True
     norms = ("l2",)
