@@ -118,8 +118,9 @@ class CorruptionsProbe(Probe):
                 pending.clear()
 
             def add(key: str, x: torch.Tensor) -> None:
-                # a small batch (a short run, the last batch) shares model calls between its variants: one call
-                # per variant of 10 images costs about as much as one call for all of them
+                # a small batch (a short run, the last batch) shares model calls between its variants: a call on a
+                # few images is mostly per-call overhead (a thread hand-off per layer), so 75 of them cost far more
+                # than a few full ones
                 pending.append((key, x))
                 if sum(len(v) for _, v in pending) >= eng.batch_size:
                     predict()
