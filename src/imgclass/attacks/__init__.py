@@ -19,7 +19,8 @@ from .protocol import default_eps, large_eps, run_sanity_checks, sanity_checks
 
 __all__ = [
     "ATTACKS", "NORMS", "Attack", "AttackResult", "get_attack", "register_attack", "parse_eps", "format_eps",
-    "derive_seed", "check_budget", "SampleRandom", "sample_keys", "perturbation_norm", "project", "margin", "dlr_loss", "dlr_loss_targeted",
+    "derive_seed", "check_budget", "SampleRandom", "sample_keys",
+    "perturbation_norm", "project", "margin", "dlr_loss", "dlr_loss_targeted",
     "FGSM", "PGD", "APGDCE", "APGDDLR", "APGDT", "CarliniWagnerL2", "Square", "HopSkipJump", "UniversalPatch",
     "place", "default_eps", "large_eps", "sanity_checks", "run_sanity_checks",
 ]

@@ -4,8 +4,9 @@ Uses only the predicted label. From a misclassified starting point (uniform nois
 search towards the clean image) it repeats: binary search to the decision boundary, estimate the
 boundary's normal from the signs of ``num_evals`` random probes, step along it with a geometrically
 shrinking step size. Vectorised over the batch (each sample has its own search state, probe count,
-query budget and random draws, so its result does not depend on the batch); written after the paper and the reference implementation's constants (theta, delta, the
-sqrt(t) growth of the probe count), since no maintained PyTorch peer exists.
+query budget and random draws, so its result does not depend on the batch); written after the paper
+and the reference implementation's constants (theta, delta, the sqrt(t) growth of the probe count),
+since no maintained PyTorch peer exists.
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ def _mix_int(z: int) -> int:
 
 
 def sample_keys(seed: int, index: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
-    """int64 keys of the samples at ``index`` (dataset positions) under ``seed``: ``mix64(seed' + (index + 1) * GAMMA)``."""
+    """int64 keys of the samples at ``index`` (dataset positions) under ``seed``:
+    ``mix64(seed' + (index + 1) * GAMMA)``."""
     idx = torch.as_tensor(index, dtype=torch.int64, device=device)
     s = _signed(_mix_int(int(seed)))
     return _mix(s + (idx + 1) * _signed(GAMMA))
