@@ -3,9 +3,10 @@
 Minimises ``||x' - x||_2^2 + c * max(z_y - max_{j!=y} z_j, -kappa)`` (targeted: the target's margin)
 over ``x' = (tanh(w) + 1) / 2``; per sample, ``c`` is halved towards the smallest value that still
 succeeds, or multiplied by 10 until one does (the paper's search). Written here because the peers
-(torchattacks) leave the binary search out. ``abort_early=True`` stops a sample's descent when its own
-loss stalls (the authors' rule, with their default batch of one), so a sample's result does not depend on
-its batch; off by default, as in torchattacks: every sample takes every step (the strongest search).
+(torchattacks) leave the binary search out. The authors and torchattacks stop the whole batch when its
+summed loss stalls, which makes a sample's result depend on its batch; here ``abort_early=True`` stops
+each sample when its own loss stalls (the authors' rule with their default batch of one), and by default
+every sample takes every step (the strongest search, and the most work).
 """
 
 from __future__ import annotations
