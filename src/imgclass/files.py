@@ -38,8 +38,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | None = None, *,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    mode = 0o666 & ~umask()
     try:
-        os.fchmod(fd, 0o666 & ~umask())
+        os.fchmod(fd, mode)
         if writer is None:
             with os.fdopen(fd, "wb") as f:
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
@@ -49,6 +50,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | None = None, *,
         else:
             os.close(fd)
             writer(tmp)
+            os.chmod(tmp, mode)  # a writer may replace the file (safetensors does), with a mode of its own
             if fsync:
                 with open(tmp, "rb") as f:
                     os.fsync(f.fileno())

@@ -44,7 +44,8 @@ class EpochBatchSampler:
     it (the first ``r % world`` ranks one image more), so the union over ranks is still the single-process batch;
     a rank whose part is empty (r < world) gets the batch's first image as a stand-in that the loop weighs 0
     (see :meth:`local_count`). The loop weighs each rank's mean loss by ``local_count * world / global_count``,
-    which makes the averaged gradient the mean over the r images, as with one process.
+    which makes the averaged gradient the mean over the r images, as with one process (with accumulation the
+    denominator is all the images of the update).
     """
 
     n: int

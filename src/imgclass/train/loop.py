@@ -230,7 +230,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
             _say(run, f"{out} has finished its {cfg.epochs} epochs ({num_updates} updates); nothing to train")
         else:  # 1-based, as the progress bar counts
             _say(run, f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}, step {start_step + 1}/"
-                      f"{steps_per_epoch} ({num_updates} updates done)")
+                      f"{steps_per_epoch} ({num_updates} update{'' if num_updates == 1 else 's'} done)")
         if run.dist.is_main:
             write_logs(out, history)
     scheduler.step_update(num_updates)
@@ -271,6 +271,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
         return cfg.max_steps is not None and num_updates >= cfg.max_steps
 
     stopped = reached_max_steps() and start_epoch < cfg.epochs
+    bar = None
     try:
         for epoch in range(start_epoch, cfg.epochs):
             if reached_max_steps():
@@ -372,7 +373,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
                 tqdm.write(shown)
             if stopped:
                 break
-    finally:
+    finally:  # also on Ctrl-C: the bar leaves its line to the message, TensorBoard gets its last events
+        if bar is not None:
+            bar.close()
         if writer is not None:
             writer.close()
     if stopped:
