@@ -136,11 +136,11 @@ def test_kill_and_resume_gives_identical_weights(small_cifar, straight_run, tmp_
     killed = tmp_path / "killed"
     args = _train_args(small_cifar, killed, "--set", "checkpoint_every=1")
     p = subprocess.run([sys.executable, "-c", _KILLING_RUN, str(after), phase, *args[4:]], env=_env(),
-                       capture_output=True, timeout=600)
+                       capture_output=True, timeout=600, check=False)
     assert p.returncode == -signal.SIGKILL, p.stderr.decode()[-2000:]
     resumed_from = load_training_state(killed)["num_updates"]
     assert resumed_from == (after if phase == "after" else after - 1)  # a half-written checkpoint does not count
-    r = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     epoch, step = divmod(resumed_from, 8)  # 8 steps per epoch; the message counts from 1, as the progress bar
     assert f"at epoch {epoch + 1}/2, step {step + 1}/8 ({resumed_from} updates done)" in r.stdout
@@ -168,7 +168,7 @@ def test_ctrl_c_prints_one_line_and_the_same_command_resumes(small_cifar, straig
     assert stderr.strip().splitlines() == ["interrupted; rerun the same command to resume"]
     done = load_training_state(out)["num_updates"]
     assert 1 <= done < 16, "the run ended before the interrupt"
-    r = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"({done} update{'' if done == 1 else 's'} done)" in r.stdout and "done:" in r.stdout
     assert _sha(out / LAST) == _sha(straight_run / LAST)
@@ -423,8 +423,8 @@ def test_sampler_ranks_split_the_single_process_batches(n, batch, world, drop_la
 
 
 def _lenet_cfg(data: Path, **kw) -> TrainConfig:
-    base = dict(data=f"npz:{data}", model="lenet", epochs=2, batch_size=32, lr=0.05, workers=0, tensorboard=False,
-                crop="none", hflip=False)
+    base = {"data": f"npz:{data}", "model": "lenet", "epochs": 2, "batch_size": 32, "lr": 0.05, "workers": 0,
+            "tensorboard": False, "crop": "none", "hflip": False}
     return TrainConfig(**{**base, **kw})
 
 
@@ -498,6 +498,7 @@ def test_subset_trains_on_the_recorded_seeded_subset(small_cifar, tmp_path, sing
     assert np.all(np.diff(idx) > 0) and idx.max() < 256 and not np.array_equal(idx, np.arange(40))
     assert res["history"][0]["images"] == 40
     import yaml
+
     from imgclass.models.checkpoint import read_checkpoint
 
     assert yaml.safe_load((tmp_path / "sub" / "config.yaml").read_text())["subset"] == 40
