@@ -5,6 +5,5 @@ __version__ = "0.1.0"
 from .data import load_dataset  # noqa: E402
 from .models import Classifier, load_model  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
-from .explain import explain  # noqa: E402  (the function; the package stays importable as imgclass.explain.*)
 
-__all__ = ["__version__", "load_dataset", "load_model", "Classifier", "evaluate", "explain"]
+__all__ = ["__version__", "load_dataset", "load_model", "Classifier", "evaluate"]
