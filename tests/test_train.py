@@ -541,3 +541,29 @@ def test_torchrun_without_drop_last_matches_one_process(small_cifar, tmp_path, n
     la = json.loads((tmp_path / "one" / "log.jsonl").read_text().splitlines()[-1])
     lb = json.loads((tmp_path / "two" / "log.jsonl").read_text().splitlines()[-1])
     assert la["images"] == lb["images"] == n and la["updates"] == lb["updates"] == 8
+
+
+@pytest.mark.parametrize("mode", ["pgd", "trades"])
+def test_adversarial_training_examples_do_not_depend_on_the_batch(mode):
+    """Invariant: with per-sample keys an image's PGD / TRADES example is the same alone, in a batch, or in another
+    order (so N processes of batch B attack as one process of batch N*B), up to sign-gradient steps flipped by float
+    rounding where a gradient is ~0 (a few values in 10,000; without per-sample keys every random start differs)."""
+    from helpers import tiny_classifier
+    from imgclass.attacks import sample_keys
+    from imgclass.train.adversarial import AdversarialTraining
+
+    clf = tiny_classifier([str(i) for i in range(10)])
+    at = AdversarialTraining(mode, eps=8 / 255, steps=3, step_size=2 / 255, seed=0)
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(6) % 10
+    idx = torch.tensor([11, 3, 7, 0, 42, 5])
+    keys = sample_keys(123, idx)
+    full = at._generate(clf, x, y, 9, keys)
+    perm = torch.tensor([4, 2, 0, 5, 1, 3])
+    shuffled = at._generate(clf, x[perm], y[perm], 9, keys[perm])
+    alone = torch.cat([at._generate(clf, x[i:i + 1], y[i:i + 1], 9, keys[i:i + 1]) for i in range(6)])
+    for other, ref in ((shuffled, full[perm]), (alone, full)):
+        assert ((other - ref).abs() > 1e-6).double().mean() < 1e-3
+    assert (full - x).abs().max() <= 8 / 255 + 1e-6 and not torch.equal(full, x)
+    other_keys = at._generate(clf, x, y, 9, sample_keys(124, idx))
+    assert ((other_keys - full).abs() > 1e-6).double().mean() > 0.5  # the keys do decide the random starts

@@ -2,7 +2,9 @@
 
 Adversarial examples come from :mod:`imgclass.attacks` (PGD) or, for TRADES' KL objective, from the
 same projected sign-gradient steps; they are generated with the model in eval mode (batch-norm running
-statistics untouched, as in the TRADES reference code) and are seeded by the training step.
+statistics untouched, as in the TRADES reference code). Their random starts are drawn per image from (seed, epoch,
+sample index), so an image's adversarial example does not depend on the batch around it: N processes of batch B
+attack exactly as one process of batch N*B does.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
-from ..attacks import get_attack, project
+from ..attacks import SampleRandom, get_attack, project
 from .losses import classification_loss, trades_kl
 
 __all__ = ["AdversarialTraining", "DualBatchNorm2d", "convert_dual_bn", "aux_bn", "main_bn_state_dict"]
@@ -93,7 +95,8 @@ class AdversarialTraining:
         return cls(cfg.adv, float(cfg.adv_eps), int(cfg.adv_steps), float(step), float(cfg.trades_beta),
                    bool(cfg.advprop), int(cfg.seed))
 
-    def _generate(self, clf: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+    def _generate(self, clf: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int,
+                  keys: torch.Tensor | None) -> torch.Tensor:
         was_training = clf.training
         clf.eval()
         try:
@@ -101,18 +104,18 @@ class AdversarialTraining:
                 if self.mode == "pgd":
                     attack = get_attack("pgd", eps=self.eps, steps=self.steps, step_size=self.step_size,
                                         early_stop=False, seed=seed)
-                    return attack(clf, x, y).adv
-                return self._trades_points(clf, x, seed)
+                    return attack(clf, x, y, keys=keys).adv
+                return self._trades_points(clf, x, seed, keys)
         finally:
             clf.train(was_training)
 
-    def _trades_points(self, clf: nn.Module, x: torch.Tensor, seed: int) -> torch.Tensor:
+    def _trades_points(self, clf: nn.Module, x: torch.Tensor, seed: int, keys: torch.Tensor | None) -> torch.Tensor:
         """TRADES' inner maximisation of KL(f(x) || f(x')) by projected sign-gradient ascent."""
-        gen = torch.Generator(device=x.device)
-        gen.manual_seed(seed)
+        rng = SampleRandom(keys, seed) if keys is not None else SampleRandom.for_batch(len(x), seed, x.device)
         with torch.no_grad():
             clean = clf(x).float().log_softmax(1)
-        adv = (x + 0.001 * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)).clamp(0, 1)
+        start = rng.normal(*x.shape[1:]).to(device=x.device, dtype=x.dtype)
+        adv = (x + 0.001 * start).clamp(0, 1)
         for _ in range(self.steps):
             adv = adv.detach().requires_grad_(True)
             with torch.enable_grad():
@@ -122,9 +125,10 @@ class AdversarialTraining:
         return adv.detach()
 
     def loss(self, model: nn.Module, clf: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int,
-             label_smoothing: float = 0.0) -> torch.Tensor:
-        """The training loss of one batch; ``model`` is what to train through (DDP or the classifier)."""
-        x_adv = self._generate(clf, x, y, seed)
+             label_smoothing: float = 0.0, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """The training loss of one batch; ``model`` is what to train through (DDP or the classifier). ``keys`` (one
+        per image, from the sample and the epoch) make each image's random start its own, whatever the batch."""
+        x_adv = self._generate(clf, x, y, seed, keys)
         if self.mode == "pgd":
             if self.advprop:  # clean images through the main BN, adversarial ones through the auxiliary BN
                 clean = classification_loss(model(x), y, label_smoothing=label_smoothing)

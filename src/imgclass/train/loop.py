@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from ..files import atomic_write, write_json
+from ..attacks import sample_keys
 from ..data import load_dataset
 from ..data.labels import align_labels
 from ..device import resolve_device
@@ -312,7 +313,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
                 with sync:
                     with autocast():
                         if adv is not None:
-                            loss = adv.loss(ddp, clf, x, y, step_seed, label_smoothing=cfg.label_smoothing)
+                            keys = sample_keys(seed_for(cfg.seed, 65537, epoch), _idx, run.device)
+                            loss = adv.loss(ddp, clf, x, y, step_seed, label_smoothing=cfg.label_smoothing,
+                                            keys=keys)
                         else:
                             logits = ddp(x)
                             if teacher is not None:
