@@ -127,3 +127,27 @@ def test_set_parses_literals_and_shell_booleans():
                    "calibration": {"n_bins": 20}, "tta": {"views": False}}
     with pytest.raises(ValueError, match="PROBE.PARAM=VALUE"):
         _parse_sets(["fast=false"])
+
+
+def test_results_record_the_precision_and_the_inference_copy(tmp_path):
+    """Reference: the engine's own rule (``resolve_precision``: bfloat16 where the CPU computes it natively) and the
+    ResNet-20 itself (19 batch norms). By default the logits come from the folded copy, and results.json says so
+    with its largest logit difference on the check batch; ``--no-fast`` predicts with the model as loaded."""
+    import torch
+
+    from imgclass.engine import resolve_precision
+
+    mirror_file("cifar10-lossless/test-first1000.npz")
+    args = ["eval", "zoo:cifar10-resnet20", "zoo:cifar10-lossless:test", "--limit", "40", "--quiet", "--workers", "0"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    s = json.loads((tmp_path / "a" / "results.json").read_text())["settings"]
+    assert s["precision"] == "float32" and s["amp"] is False
+    ic = s["inference_copy"]
+    assert ic["used"] and ic["folded"] and ic["channels_last"] and ic["batch_norms"] == 19
+    assert ic["batch_norms_left"] == 0 and 0 <= ic["max_logit_diff"] < 1e-3
+    assert main([*args, "--out", str(tmp_path / "b"), "--no-fast", "--amp"]) == 0
+    r = json.loads((tmp_path / "b" / "results.json").read_text())
+    precision, reason = resolve_precision(torch.device("cpu"), True)
+    assert r["settings"]["precision"] == precision and r["settings"]["precision_reason"] == reason
+    assert r["settings"]["inference_copy"] == {"used": False, "reason": "turned off (fast=False, --no-fast)"}
+    assert (precision == "float32") == any(w.startswith("--amp: computed in float32") for w in r["warnings"])

@@ -40,7 +40,7 @@ def _cmd_eval(args) -> int:
     results = evaluate(
         args.model, args.data, probes=probes, probe_params=params, out=args.out,
         batch_size=args.batch_size, workers=args.workers, device=args.device, limit=args.limit, seed=args.seed,
-        on_error=args.on_error, amp=args.amp, progress=not args.quiet, command=sys.argv,
+        on_error=args.on_error, amp=args.amp, fast=not args.no_fast, progress=not args.quiet, command=sys.argv,
     )
     if results["settings"]["world_size"] > 1 and not _is_main():
         return EXIT_OK
@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unreadable images: skip and list them (default) or stop with an error")
     e.add_argument("--amp", action="store_true",
                    help="mixed precision: float16 autocast on CUDA, bfloat16 on CPUs with native bfloat16 support")
+    e.add_argument("--no-fast", action="store_true",
+                   help="predict with the model as loaded, not its frozen inference copy (batch norm folded, "
+                        "channels-last; used only when its logits match)")
     e.add_argument("--set", action="append", default=[], metavar="PROBE.PARAM=VALUE", help="probe parameter")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=_cmd_eval)

@@ -5,12 +5,20 @@ become float [0, 1] there, and go through the Classifier (normalization inside).
 each rank takes every world_size-th *batch* of the same batch list a single process would use, so
 batch composition (and thus every logit) is identical, and results are gathered and put back in
 dataset order: every sample is counted exactly once.
+
+Predictions (``Engine.logits``) come from a frozen inference copy of the classifier (batch norm folded
+into the convolutions, channels-last activations: ``models.fast.inference_copy``) when its logits match
+the classifier's on the first images predicted; work that needs gradients or changes the model uses
+``Engine.classifier``, the model as loaded. ``amp`` runs them under float16 autocast on CUDA and
+bfloat16 autocast on CPUs that compute in bfloat16 natively (AVX512-BF16, AMX, Arm BF16).
 """
 
 from __future__ import annotations
 
 import os
 import time
+import warnings
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
@@ -19,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.base import ImageDataset, Sample
+from .data.base import ImageDataset, Sample, SubsetDataset
 from .data.labels import Alignment, align_labels
 from .data.transforms import EvalTransform
 from .errors import ImgclassError, UsageError
@@ -27,7 +35,7 @@ from .device import resolve_device
 from .distributed import DistInfo, all_gather_objects, init_distributed
 from .models.classifier import Classifier
 
-__all__ = ["Engine", "Batch", "MapResult", "Predictions", "BadImageError"]
+__all__ = ["Engine", "Batch", "MapResult", "Predictions", "BadImageError", "cpu_bfloat16", "resolve_precision"]
 
 
 class BadImageError(ImgclassError, RuntimeError):
@@ -100,8 +108,75 @@ def default_workers() -> int:
     return max(0, min(8, n - 1)) if n > 2 else n
 
 
+_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16", "sve_bf16")  # x86 AMX / AVX512-BF16; Arm BF16, SVE BF16
+
+
+def _cpuinfo_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return {w for line in f if line.startswith(("flags", "Features")) for w in line.split(":", 1)[1].split()}
+    except OSError:
+        return set()
+
+
+def cpu_bfloat16() -> tuple[bool, str]:
+    """Whether this CPU computes in bfloat16 natively (else oneDNN emulates it, slower than float32), and why."""
+    if not torch.backends.mkldnn.is_available():
+        return False, "torch was built without oneDNN (mkldnn)"
+    caps = getattr(torch.cpu, "get_capabilities", None)
+    found: list[str] = []
+    if caps is not None:
+        try:
+            c = caps()
+            found = [f for f in _BF16_FLAGS if c.get(f) is True]
+        except Exception:  # older or unusual builds: fall back to the kernel's flag list
+            caps = None
+    if caps is None:
+        flags = _cpuinfo_flags()
+        found = [f for f in _BF16_FLAGS if f in flags]
+    if found:
+        return True, f"CPU computes bfloat16 natively ({', '.join(found)})"
+    return False, "CPU has no native bfloat16 (no avx512_bf16, amx_bf16 or Arm bf16): it would be emulated, slower than float32"
+
+
+_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_precision(device: torch.device, amp: bool | str) -> tuple[str, str]:
+    """The compute precision for ``amp`` on ``device`` ("float32", "bfloat16" or "float16") and the reason.
+
+    ``amp=True`` is float16 autocast on CUDA and bfloat16 autocast on a CPU with native bfloat16, float32
+    elsewhere; a dtype name forces that autocast dtype (e.g. emulated bfloat16, to check its numbers).
+    """
+    if isinstance(amp, str):
+        name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}.get(amp, amp)
+        if name not in _DTYPES:
+            raise UsageError(f"amp must be true/false or one of {', '.join(_DTYPES)}, got {amp!r}")
+        return name, ("requested" if name != "float32" else "amp off")
+    if not amp:
+        return "float32", "amp off"
+    if device.type == "cuda":
+        return "float16", "amp on CUDA: float16 autocast"
+    if device.type == "cpu":
+        native, why = cpu_bfloat16()
+        return ("bfloat16", f"amp on CPU: bfloat16 autocast; {why}") if native else ("float32", f"amp ignored: {why}")
+    return "float32", f"amp ignored: no autocast precision chosen for device type {device.type!r}"
+
+
+_COPY_RTOL, _COPY_ATOL = 1e-3, 1e-4  # the inference copy's logits against the classifier's
+
+
 class Engine:
-    """Runs functions over a dataset in batches on one device, exactly, with progress."""
+    """Runs functions over a dataset in batches on one device, exactly, with progress.
+
+    ``classifier`` is the model as loaded (moved to the device, evaluation mode): probes that take
+    gradients or change a model use it. ``logits`` runs the *predictor*: with ``fast`` (the default), a
+    frozen inference copy (batch norm folded, channels-last) made at the first prediction and used if
+    its logits match the classifier's on those first images, else the classifier itself. An Engine over
+    a model whose weights change after its first prediction needs ``fast=False``. ``amp``: True for
+    autocast where it is fast (float16 on CUDA, bfloat16 on CPUs with native bfloat16), or a dtype name
+    ("bfloat16", "float16") to force it; logits always leave as float32.
+    """
 
     def __init__(
         self,
@@ -111,8 +186,9 @@ class Engine:
         workers: int | None = None,
         device: str | None = None,
         on_error: str = "skip",
-        amp: bool = False,
+        amp: bool | str = False,
         channels_last: bool | None = None,
+        fast: bool = True,
         progress: bool = True,
         dist: DistInfo | None = None,
     ):
@@ -126,17 +202,28 @@ class Engine:
         self.batch_size = int(batch_size)
         self.workers = default_workers() if workers is None else int(workers)
         self.on_error = on_error
-        self.amp = bool(amp) and self.device.type == "cuda"
+        self.precision, self.precision_reason = resolve_precision(self.device, amp)
+        self.amp = self.precision != "float32"
+        if amp is True and not self.amp:
+            warnings.warn(f"--amp: computing in float32 ({self.precision_reason})", RuntimeWarning, stacklevel=2)
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
         if self.channels_last:
             self.classifier.to(memory_format=torch.channels_last)
+        self.fast = bool(fast)
         self.progress = progress and self.dist.is_main
         self.transform = EvalTransform.for_model(classifier.config)
-        self._cache: dict = {}
+        self._predictor: torch.nn.Module | None = None
+        self._copy_info: dict = ({"used": False, "reason": "not made yet: nothing was predicted"} if self.fast
+                                 else {"used": False, "reason": "turned off (fast=False, --no-fast)"})
+        # per dataset *object* (weakly: an id() is reused once a dataset is collected): {key: MapResult}
+        self._cache: weakref.WeakKeyDictionary[ImageDataset, dict[str, MapResult]] = weakref.WeakKeyDictionary()
+        self._skipped: weakref.WeakKeyDictionary[ImageDataset, dict[int, dict]] = weakref.WeakKeyDictionary()
 
     def settings(self) -> dict:
         return {"batch_size": self.batch_size, "workers": self.workers, "device": str(self.device),
-                "on_error": self.on_error, "amp": self.amp, "channels_last": self.channels_last,
+                "on_error": self.on_error, "amp": self.amp, "precision": self.precision,
+                "precision_reason": self.precision_reason, "channels_last": self.channels_last,
+                "inference_copy": dict(self._copy_info),
                 "world_size": self.dist.world_size, "transform": self.transform.to_dict()}
 
     def alignment(self, dataset: ImageDataset) -> Alignment:
@@ -148,13 +235,46 @@ class Engine:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        dtype = _DTYPES[self.precision]
+        return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Full-width model logits (float32) for float pixels ``x``."""
+        """Full-width model logits (float32) for float pixels ``x``, from the predictor (see the class)."""
+        model = self._predictor if self._predictor is not None else self._make_predictor(x)
         with self.autocast():
-            out = self.classifier(x)
+            out = model(x)
         return out.float()
+
+    def _make_predictor(self, x: torch.Tensor) -> torch.nn.Module:
+        """The inference copy if its float32 logits match the classifier's on (up to 8 of) ``x``, else the classifier."""
+        self._predictor = self.classifier
+        if not self.fast:
+            return self._predictor
+        from .models.fast import inference_copy
+
+        with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, even when called in inference mode
+            try:
+                copy = inference_copy(self.classifier)
+            except Exception as e:  # e.g. a module that cannot be deep-copied
+                self._copy_info = {"used": False, "reason": f"no copy ({type(e).__name__}: {e})"}
+                return self._predictor
+            fi = copy.fast_info
+            info: dict = {"folded": fi.folded, "channels_last": fi.channels_last, "batch_norms": fi.batch_norms,
+                          "batch_norms_left": fi.batch_norms_left}
+            if not (fi.folded or fi.channels_last):  # the copy would compute as the model as loaded does
+                self._copy_info = {"used": False, **info, "reason": fi.reason or "nothing to gain"}
+                return self._predictor
+            xc = x.detach()[:8].float().clone()
+            ref, got = self.classifier(xc).float(), copy(xc).float()
+        same = ref.shape == got.shape
+        info.update(max_logit_diff=float((ref - got).abs().max()) if same and ref.numel() else None,
+                    check=f"float32 logits of the first {len(xc)} images predicted against the model as loaded, "
+                          f"|diff| <= {_COPY_ATOL:g} + {_COPY_RTOL:g} |logit|")
+        if same and torch.allclose(got, ref, rtol=_COPY_RTOL, atol=_COPY_ATOL):
+            self._predictor, self._copy_info = copy, {"used": True, **info}
+        else:
+            self._copy_info = {"used": False, **info, "reason": "its logits differ from the model as loaded"}
+        return self._predictor
 
     # -- the loop ---------------------------------------------------------------------------------
     def map(
@@ -171,12 +291,13 @@ class Engine:
         """Apply ``fn`` to every batch; return its per-sample outputs concatenated in dataset order,
         the dataset indices they belong to, the skipped files, and the wall time.
 
-        ``fn`` returns a dict of tensors whose first dimension is the batch. ``key`` caches the result.
+        ``fn`` returns a dict of tensors whose first dimension is the batch. ``key`` caches the result for
+        this dataset object (a later call with the same dataset and key returns it without a pass).
         ``transform`` replaces the model's resize/crop. ``shard=False`` makes every rank process every
         batch in order (for stateful work such as test-time adaptation); results are then not gathered.
         """
-        if key is not None and key in self._cache:
-            return self._cache[key]
+        if key is not None and key in self._cache.get(dataset, {}):
+            return self._cache[dataset][key]
         n = len(dataset)
         starts = list(range(0, n, self.batch_size))
         mine = starts[self.dist.rank::self.dist.world_size] if shard else starts
@@ -221,18 +342,42 @@ class Engine:
         all_skipped = sorted((s for p in parts for s in p[2]), key=lambda s: s["index"])
         result = MapResult(merged, idx[order].numpy(), all_skipped, max(p[3] for p in parts))
         if key is not None:
-            self._cache[key] = result
+            self._cache.setdefault(dataset, {})[key] = result
+        self._note_skipped(dataset, all_skipped)
         return result
 
+    def _note_skipped(self, dataset: ImageDataset, skipped: list[dict]) -> None:
+        """Remember unreadable files under the dataset and every dataset it is a subset of (in their indices)."""
+        d, idx = dataset, [s["index"] for s in skipped]
+        while skipped:
+            seen = self._skipped.setdefault(d, {})
+            for s, i in zip(skipped, idx):
+                seen.setdefault(i, {**s, "index": i})
+            if not isinstance(d, SubsetDataset):
+                break
+            d, idx = d.base, [int(d.indices[i]) for i in idx]
+
     def predict(self, dataset: ImageDataset) -> Predictions:
-        """Logits of the whole dataset in its own label space (cached per dataset object)."""
+        """Logits of the whole dataset in its own label space (cached per dataset object: one pass)."""
         al = self.alignment(dataset)
 
         def fn(b: Batch) -> dict[str, torch.Tensor]:
             return {"logits": al.apply(self.logits(self.to_float(b.images))), "labels": b.labels}
 
-        out, idx, skipped, secs = self.map(dataset, fn, desc="predicting", key=f"predict:{id(dataset)}")
+        return self._as_predictions(dataset, self.map(dataset, fn, desc="predicting", key="predict"))
+
+    @staticmethod
+    def _as_predictions(dataset: ImageDataset, r: MapResult) -> Predictions:
         c = len(dataset.classes)
-        logits = out.get("logits", torch.empty(0, c))
-        labels = out.get("labels", torch.empty(0, dtype=torch.long))
-        return Predictions(logits, labels, idx, skipped, secs)
+        return Predictions(r.outputs.get("logits", torch.empty(0, c)),
+                           r.outputs.get("labels", torch.empty(0, dtype=torch.long)), r.indices, r.skipped, r.seconds)
+
+    def cached_predictions(self, dataset: ImageDataset) -> Predictions | None:
+        """The predictions ``predict`` already made for this dataset object, without a pass; None if none."""
+        r = self._cache.get(dataset, {}).get("predict")
+        return None if r is None else self._as_predictions(dataset, r)
+
+    def skipped_files(self, dataset: ImageDataset) -> list[dict]:
+        """Unreadable files met so far by any pass over ``dataset`` or a subset of it (``index`` in ``dataset``)."""
+        seen = self._skipped.get(dataset, {})
+        return [seen[i] for i in sorted(seen)]

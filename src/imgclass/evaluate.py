@@ -49,6 +49,7 @@ def evaluate(
     seed: int = 0,
     on_error: str = "skip",
     amp: bool = False,
+    fast: bool = True,
     progress: bool = True,
     command: list[str] | None = None,
 ) -> dict:
@@ -56,6 +57,8 @@ def evaluate(
 
     With ``out``, writes ``out/results.json`` and ``out/report.html`` (rank 0 only under torchrun).
     ``limit`` evaluates a seeded random subset of that many samples (kept in dataset order).
+    ``amp``: autocast where it is fast (float16 on CUDA, bfloat16 on CPUs with native bfloat16); ``fast``:
+    predict with the folded inference copy when it matches the model (see ``Engine``).
     """
     probe_params = probe_params or {}
     if not probes:
@@ -84,7 +87,7 @@ def evaluate(
         ds = full.subset(idx)
         subset = {"limit": int(limit), "selection": f"seeded random subset (seed {seed}), dataset order"}
     engine = Engine(clf, batch_size=batch_size, workers=workers, device=device, on_error=on_error, amp=amp,
-                    progress=progress)
+                    fast=fast, progress=progress)
     alignment = engine.alignment(ds)
     ctx = ProbeContext(clf, ds, engine, seed=seed)
     results: dict[str, Any] = {
@@ -115,13 +118,18 @@ def evaluate(
         t0 = time.perf_counter()
         results["probes"][name] = to_jsonable(probe.run(ctx))
         results["timing"][name] = time.perf_counter() - t0
-    pred = engine.predict(ds)
-    results["timing"]["inference_seconds"] = pred.seconds
-    results["timing"]["images_per_second"] = len(pred.labels) / pred.seconds if pred.seconds > 0 else None
-    if pred.skipped:
-        results["warnings"].append(f"{len(pred.skipped)} file(s) could not be read and were skipped "
+    pred = engine.cached_predictions(ds)  # the probes' own prediction pass, if one made it: no extra pass here
+    if pred is not None:
+        results["timing"]["inference_seconds"] = pred.seconds
+        results["timing"]["images_per_second"] = len(pred.labels) / pred.seconds if pred.seconds > 0 else None
+    results["settings"].update(engine.settings())  # the inference copy is made at the first prediction
+    if amp and not engine.amp:
+        results["warnings"].append(f"--amp: computed in float32 ({engine.precision_reason})")
+    skipped = engine.skipped_files(ds)  # met by any probe's pass over the data
+    if skipped:
+        results["warnings"].append(f"{len(skipped)} file(s) could not be read and were skipped "
                                    "(listed under probes.accuracy.skipped when that probe runs).")
-        results["skipped"] = [{"path": s["path"] or s["id"], "reason": s["reason"]} for s in pred.skipped]
+        results["skipped"] = [{"path": s["path"] or s["id"], "reason": s["reason"]} for s in skipped]
     results = to_jsonable(results)
     if out is not None and engine.dist.is_main:
         from .report import render_report
