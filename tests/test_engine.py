@@ -15,7 +15,9 @@ from imgclass import evaluate, load_dataset, load_model
 from imgclass.data.base import ArrayDataset
 from imgclass.data.labels import LabelSpace
 from imgclass.engine import Engine
+from imgclass.models import pointwise
 from imgclass.models.classifier import Classifier, ModelConfig
+from imgclass.models.fast import inference_copy
 
 from conftest import mirror_file
 from helpers import rgb_image, save_png, write_bad_files
@@ -58,11 +60,34 @@ def test_predictions_come_from_the_folded_copy_and_match_the_model_as_loaded(r20
     assert (p.logits.argmax(1) == ref.argmax(1)).all()
     assert eng.classifier is r20 and _bns(r20.model) == 19 and all(q.requires_grad for q in r20.parameters())
     assert _bns(eng._predictor.model) == 0  # the predictor is the folded copy
+    assert info["fused_conv_relu"] == (19 if pointwise.available() else 0)  # 1 stem + 9 blocks x 2
 
     off = Engine(r20, batch_size=32, workers=0, device="cpu", progress=False, fast=False)
     q = off.predict(ds)
     assert off.settings()["inference_copy"] == {"used": False, "reason": "turned off (fast=False, --no-fast)"}
     assert torch.allclose(q.logits, ref, rtol=1e-5, atol=1e-4)  # float32 rounding of another batch split
+
+
+@pytest.mark.parametrize("spec, fusions", [("zoo:cifar10-resnet20", 19), ("timm:resnet18?pretrained=false", 17)])
+def test_fused_conv_relu_equals_the_layers_and_keeps_gradients(spec, fusions):
+    """Reference: the same folded copy without fusion (torch's own conv, add and ReLU). oneDNN's conv+ReLU and
+    conv+add+ReLU post-ops give the same float32 logits; where gradients are needed the fused modules run the plain
+    layers, so input gradients are the unfused copy's. Counts: ResNet-20 has a stem conv+ReLU and 9 blocks of two;
+    timm's ResNet-18 a stem and 8 blocks of two once its identity placeholders (drop_block, aa) are dropped."""
+    assert pointwise.available()  # torch's x86 and Arm wheels ship oneDNN
+    if "cifar" in spec:
+        mirror_file("models/akamaster-resnet-cifar10/resnet20-12fca82f.th")
+    clf = load_model(spec)
+    plain, fused = inference_copy(clf), inference_copy(clf)
+    assert pointwise.fuse_conv_pointwise(fused.model.net) == fusions
+    x = torch.rand((4, *clf.config.input_size), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = plain(x), fused(x)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    plain(xa)[:, 0].sum().backward()
+    fused(xb)[:, 0].sum().backward()
+    assert torch.allclose(xa.grad, xb.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_a_copy_whose_logits_differ_is_not_used():

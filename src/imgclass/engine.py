@@ -246,33 +246,46 @@ class Engine:
         return out.float()
 
     def _make_predictor(self, x: torch.Tensor) -> torch.nn.Module:
-        """The inference copy if its float32 logits match the classifier's on (up to 8 of) ``x``, else the classifier."""
+        """The inference copy if its float32 logits match the classifier's on (up to 8 of) ``x``, else the classifier.
+
+        On the CPU the copy's convolutions also take their ReLU and residual add as oneDNN post-ops
+        (``models.pointwise``); if that copy fails the check, the copy without them is tried.
+        """
         self._predictor = self.classifier
         if not self.fast:
             return self._predictor
+        from .models import pointwise
         from .models.fast import inference_copy
 
-        with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, even when called in inference mode
-            try:
-                copy = inference_copy(self.classifier)
-            except Exception as e:  # e.g. a module that cannot be deep-copied
-                self._copy_info = {"used": False, "reason": f"no copy ({type(e).__name__}: {e})"}
+        fuse = self.device.type == "cpu" and pointwise.available()
+        for attempt in ((True, False) if fuse else (False,)):
+            with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, even when called in inference mode
+                try:
+                    copy = inference_copy(self.classifier)
+                except Exception as e:  # e.g. a module that cannot be deep-copied
+                    self._copy_info = {"used": False, "reason": f"no copy ({type(e).__name__}: {e})"}
+                    return self._predictor
+                fi = copy.fast_info
+                info: dict = {"folded": fi.folded, "channels_last": fi.channels_last, "batch_norms": fi.batch_norms,
+                              "batch_norms_left": fi.batch_norms_left, "fused_conv_relu": 0}
+                if not (fi.folded or fi.channels_last):  # the copy would compute as the model as loaded does
+                    self._copy_info = {"used": False, **info, "reason": fi.reason or "nothing to gain"}
+                    return self._predictor
+                net = getattr(copy.model, "net", copy.model)  # inside the channels-last wrapper
+                if attempt and fi.folded and isinstance(net, torch.fx.GraphModule):
+                    info["fused_conv_relu"] = pointwise.fuse_conv_pointwise(net)
+                xc = x.detach()[:8].float().clone()
+                try:
+                    ref, got = self.classifier(xc).float(), copy(xc).float()
+                except Exception as e:  # e.g. a fused residual add of unequal shapes
+                    ref, got, info["error"] = None, None, f"{type(e).__name__}: {e}"
+            same = ref is not None and ref.shape == got.shape
+            info.update(max_logit_diff=float((ref - got).abs().max()) if same and ref.numel() else None,
+                        check=f"float32 logits of the first {len(xc)} images predicted against the model as "
+                              f"loaded, |diff| <= {_COPY_ATOL:g} + {_COPY_RTOL:g} |logit|")
+            if same and torch.allclose(got, ref, rtol=_COPY_RTOL, atol=_COPY_ATOL):
+                self._predictor, self._copy_info = copy, {"used": True, **info}
                 return self._predictor
-            fi = copy.fast_info
-            info: dict = {"folded": fi.folded, "channels_last": fi.channels_last, "batch_norms": fi.batch_norms,
-                          "batch_norms_left": fi.batch_norms_left}
-            if not (fi.folded or fi.channels_last):  # the copy would compute as the model as loaded does
-                self._copy_info = {"used": False, **info, "reason": fi.reason or "nothing to gain"}
-                return self._predictor
-            xc = x.detach()[:8].float().clone()
-            ref, got = self.classifier(xc).float(), copy(xc).float()
-        same = ref.shape == got.shape
-        info.update(max_logit_diff=float((ref - got).abs().max()) if same and ref.numel() else None,
-                    check=f"float32 logits of the first {len(xc)} images predicted against the model as loaded, "
-                          f"|diff| <= {_COPY_ATOL:g} + {_COPY_RTOL:g} |logit|")
-        if same and torch.allclose(got, ref, rtol=_COPY_RTOL, atol=_COPY_ATOL):
-            self._predictor, self._copy_info = copy, {"used": True, **info}
-        else:
             self._copy_info = {"used": False, **info, "reason": "its logits differ from the model as loaded"}
         return self._predictor
 
