@@ -36,7 +36,7 @@ def _environment(engine: Engine) -> dict:
 
 
 def evaluate(
-    model: str | Classifier,
+    model: str | Classifier | torch.nn.Module,
     data: str | ImageDataset,
     *,
     probes: Sequence[str] = ("accuracy", "calibration"),
@@ -52,11 +52,14 @@ def evaluate(
     fast: bool = True,
     progress: bool = True,
     command: list[str] | None = None,
+    model_options: dict[str, Any] | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``data`` with the named probes; return the results dict.
 
     With ``out``, writes ``out/results.json`` and ``out/report.html`` (rank 0 only under torchrun).
-    ``limit`` evaluates a seeded random subset of that many samples (kept in dataset order).
+    ``limit`` evaluates a seeded random subset of that many samples (kept in dataset order). ``model`` may be a
+    spec, a Classifier or a plain ``nn.Module``; ``model_options`` are passed to :func:`~imgclass.load_model` (a
+    module's contract: ``mean``, ``std``, ``classes``, ``input_size``...; a spec's options).
     ``amp``: autocast where it is fast (float16 on CUDA, bfloat16 on CPUs with native bfloat16); ``fast``:
     predict with the folded inference copy when it matches the model (see ``Engine``).
     """
@@ -74,7 +77,7 @@ def evaluate(
     instances = {name: get_probe(name, **probe_params.get(name, {})) for name in probes}
     torch.manual_seed(seed)
     full = load_dataset(data)
-    clf = load_model(model)
+    clf = load_model(model, **(model_options or {}))
     if not full.labeled:
         need = [name for name in probes if PROBES[name].needs_labels]
         if need:
@@ -109,6 +112,9 @@ def evaluate(
     if limit is not None and limit >= len(full):
         results["warnings"].append(f"--limit {limit} is not below the dataset's {len(full)} samples: every sample "
                                    "was evaluated")
+    for what in ("contract", "classes"):
+        if str(clf.info.get(what, "")).startswith("assumed"):
+            results["warnings"].append(f"model {what} {clf.info[what]} (pass model_options to state it)")
     if alignment.method == "index":
         results["warnings"].append(
             "Class names of the model or the data are unknown: classes were matched by index. "
@@ -118,6 +124,7 @@ def evaluate(
         t0 = time.perf_counter()
         results["probes"][name] = to_jsonable(probe.run(ctx))
         results["timing"][name] = time.perf_counter() - t0
+        results["warnings"] += [f"{name}: {w}" for w in results["probes"][name].get("warnings") or []]
     pred = engine.cached_predictions(ds)  # the probes' own prediction pass, if one made it: no extra pass here
     if pred is not None:
         results["timing"]["inference_seconds"] = pred.seconds
