@@ -106,16 +106,14 @@ def test_bfloat16_keeps_top1_and_calibration_of_real_models():
     Measured here (Xeon with AMX-BF16, torch 2.14), bfloat16 minus float32:
       CIFAR ResNet-20/32/44/56 (lossless test images): top-1 +0.1 / +0.1 / -0.1 / +0.2 points, ECE +0.0011 /
       -0.0011 / +0.0013 / -0.0019, NLL -0.07 % / +0.35 % / +0.08 % / -0.04 %; 99.7-99.9 % of decisions unchanged.
-      Coral MobileNet v2 (ImageNet samples): top-1 -0.7 points (14 decisions change: 9 right to wrong, 2 wrong to
-      right), ECE -0.0014, NLL +1.7 %. Every changed decision is a near-tie: its float32 top-2 margin was 0.04 to
-      0.55 logits (logits reach 22; bfloat16 moves them by 0.04 at the median, 0.8 at most), all within the
-      smallest 3 % of margins. bfloat16 keeps 8 significant bits, so some near-ties flip on any model; a
-      1000-way ImageNet model has many more of them than a 10-way CIFAR one, and noise on the logits costs top-1
-      on average (a near-tie the model got right is likelier than one it got wrong with the right class second).
-    Tolerances: top-1 0.2 points on the CIFAR ResNets; on MobileNet v2 (whose bfloat16 change exceeds 0.2 points)
-    1.0 point, at most 2 % of decisions changed, and none with a float32 margin of 1 logit or more. ECE 0.005
-    (2.6x the largest change measured, a tenth of these models' ECE of ~0.05 and below its sampling error on 1,000
-    images); NLL 3 % (measured at most 1.7 %; its sampling error on 1,000 images is ~10 %).
+      Coral MobileNet v2 (ImageNet samples): top-1 87.8 -> 87.6 % (-0.2 points, 6 decisions change), with its
+      depthwise convolutions in float32 (the engine's bfloat16 policy); bfloat16 everywhere cost 0.7 points (14
+      decisions, every one a near-tie: float32 top-2 margin 0.04 to 0.55 logits, where bfloat16 moves logits by 0.04
+      at the median). A 1000-way ImageNet model has many more near-ties than a 10-way CIFAR one.
+    Tolerances: top-1 0.2 points (2 of 1,000) on every model; on MobileNet v2 at most 1 % of decisions changed and
+    none with a float32 margin of 1 logit or more. ECE 0.005 (2.6x the largest change measured, a tenth of these
+    models' ECE of ~0.05 and below its sampling error on 1,000 images); NLL 3 % (measured at most 1.7 %; its
+    sampling error on 1,000 images is ~10 %).
     """
     mirror_file("cifar10-lossless/test-first1000.npz")
     mirror_file("imagenet/imagenet-samples.tar")
@@ -126,11 +124,33 @@ def test_bfloat16_keeps_top1_and_calibration_of_real_models():
         (c32, e32, n32), (c16, e16, n16) = _figures(o["f32"], y), _figures(o["b16"], y)
         assert abs(e16 - e32) <= 0.005, (model, e32, e16)
         assert abs(n16 - n32) <= 0.03 * n32, (model, n32, n16)
+        assert abs(c16 - c32) <= 2, (model, c32, c16)  # 0.2 points of 1,000
         if model != MOBILENET:
-            assert abs(c16 - c32) <= 2, (model, c32, c16)  # 0.2 points of 1,000
             continue
         changed = o["f32"].argmax(1) != o["b16"].argmax(1)
         top2 = o["f32"].topk(2, 1).values
-        assert abs(c16 - c32) <= 10 and int(changed.sum()) <= 20, (c32, c16, int(changed.sum()))
+        assert int(changed.sum()) <= 10, int(changed.sum())
         margins = (top2[:, 0] - top2[:, 1])[changed]
         assert margins.numel() == 0 or float(margins.max()) < 1.0, margins
+
+
+def test_depthwise_convolutions_compute_in_float32_under_bfloat16():
+    """The engine's bfloat16 policy: a depthwise convolution gives exactly its float32 result (a dense one does not),
+    through nn.Conv2d and through the fused oneDNN module alike."""
+    from imgclass.engine import _bfloat16_autocast
+    from imgclass.models.pointwise import FusedConv2d, available
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 12, 12, generator=g)
+    dw, dense = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16), torch.nn.Conv2d(16, 16, 3, padding=1)
+    with torch.no_grad():
+        ref_dw, ref_dense = dw(x), dense(x)
+        with _bfloat16_autocast("cpu"):
+            got_dw, got_dense = dw(x), dense(x)
+        assert got_dw.dtype == torch.float32 and torch.equal(got_dw, ref_dw)
+        assert got_dense.dtype == torch.bfloat16 and not torch.equal(got_dense.float(), ref_dense)
+        if available():
+            fused = FusedConv2d(dw, add=False, relu=True)
+            with _bfloat16_autocast("cpu"):
+                f = fused(x)
+            torch.testing.assert_close(f.float(), torch.relu(ref_dw), rtol=1e-5, atol=1e-5)

@@ -35,6 +35,7 @@ class FusedConv2d(nn.Module):
     def __init__(self, conv: nn.Conv2d, *, add: bool, relu: bool):
         super().__init__()
         self.conv, self.add, self.relu = conv, add, relu
+        self.depthwise = conv.groups > 1 and conv.groups == conv.in_channels
         self._args = ([int(p) for p in conv.padding], list(conv.stride), list(conv.dilation), conv.groups)
         self._cast: dict = {}
 
@@ -57,6 +58,8 @@ class FusedConv2d(nn.Module):
         if x.device.type != "cpu" or (torch.is_grad_enabled() and (x.requires_grad or (other is not None and other.requires_grad))):
             return self._plain(x, other)
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        if self.depthwise:  # as the engine's bfloat16 autocast computes depthwise convolutions: in float32
+            dtype = torch.float32
         w, b = self._weights(dtype)
         x = x.to(dtype)
         unary = "relu" if self.relu else "none"
