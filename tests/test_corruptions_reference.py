@@ -715,8 +715,8 @@ def test_counter_words_and_uniforms_are_splitmix64(monkeypatch):
         u = stream.uniforms(torch.tensor([key]), 6)[0].tolist()
         assert u == [(h >> 11) * 2.0 ** -53 for h in splitmix64(key, 6)]
     if kernels.HAVE_NUMBA:
-        assert [int(stream._word(np.uint64(1234567), i)) for i in range(11)] == w[2].tolist()
-        assert [stream._uniform(np.uint64(1234567), i) for i in range(6)] == \
+        assert [int(stream.nb_word(np.uint64(1234567), i)) for i in range(11)] == w[2].tolist()
+        assert [stream.nb_uniform(np.uint64(1234567), i) for i in range(6)] == \
             stream.uniforms(torch.tensor([1234567]), 6)[0].tolist()
     fast = stream.uniforms(keys, 1001)  # the numba kernel on the CPU
     monkeypatch.setattr(kernels, "HAVE_NUMBA", False)

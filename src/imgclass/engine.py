@@ -74,7 +74,7 @@ class Predictions:
     seconds: float = 0.0
 
 
-class _Collate:
+class Collate:
     def __call__(self, samples: list[Sample]):
         ok = [s for s in samples if s.image is not None]
         bad = [(s.index, s.path, s.error) for s in samples if s.image is None]
@@ -355,7 +355,7 @@ class Engine:
             _Transformed(dataset, transform or self.transform),
             batch_sampler=batches,
             num_workers=self.workers,
-            collate_fn=_Collate(),
+            collate_fn=Collate(),
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
             prefetch_factor=4 if self.workers > 0 else None,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import kernels
-from .kernels import _min_part, run_split
+from .kernels import part_units, run_split
 
 __all__ = ["separable", "separable_u8", "motion_blur"]
 
@@ -128,7 +128,7 @@ def separable_u8(x: torch.Tensor, ky: np.ndarray | None, iy: np.ndarray | None, 
     ky_, iy_ = (np.asarray(ky, dtype=np.float32), iy) if ky is not None else none
     kx_, ix_ = (np.asarray(kx, dtype=np.float32), ix) if kx is not None else none
     run_split(_separable_u8, len(planes), planes.numpy(), out.numpy(), ky_, iy_, kx_, ix_, align=1,
-              min_part=_min_part(0.2 * planes[0].numel() * (len(ky_) + len(kx_) + 4)))
+              min_part=part_units(0.2 * planes[0].numel() * (len(ky_) + len(kx_) + 4)))
     return out.reshape(shape)
 
 
@@ -144,7 +144,7 @@ def separable(x: torch.Tensor, ky: np.ndarray | None, iy: np.ndarray | None, kx:
     ky_, iy_ = (np.asarray(ky, dtype=dt), iy) if ky is not None else none
     kx_, ix_ = (np.asarray(kx, dtype=dt), ix) if kx is not None else none
     run_split(_separable, len(planes), planes.numpy(), out.numpy(), ky_, iy_, kx_, ix_, align=1,
-              min_part=_min_part(0.2 * planes[0].numel() * (len(ky_) + len(kx_) + 2)))
+              min_part=part_units(0.2 * planes[0].numel() * (len(ky_) + len(kx_) + 2)))
     return out.reshape(shape)
 
 
@@ -165,5 +165,5 @@ def motion_blur(x: torch.Tensor, taps: list[list[tuple[int, int, float]]], crop:
     nt = np.array([len(tp) for tp in taps], dtype=np.int64)
     out = torch.empty((n, c, oh, ow), dtype=x.dtype)
     run_split(_motion, n * c * oh, x.numpy(), out.numpy(), dy, dx, k, nt, align=1,
-              min_part=_min_part(0.3 * ow * max(t, 1)))
+              min_part=part_units(0.3 * ow * max(t, 1)))
     return out

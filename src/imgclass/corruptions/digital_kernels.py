@@ -33,7 +33,7 @@ import torch
 
 from . import kernels
 from .base import pil_box_coefficients, pil_nearest_index
-from .kernels import _flat, _min_part, run_split
+from .kernels import flat_view, part_units, run_split
 
 __all__ = ["hsv_adjust", "contrast", "pixelate", "elastic", "to_hwc", "to_chw"]
 
@@ -59,7 +59,7 @@ del _k
 if kernels.HAVE_NUMBA:
     from numba import njit
 
-    from .stream import _uniform
+    from .stream import nb_uniform
 
     @njit(nogil=True, cache=True, inline="always")
     def _unit(k):
@@ -243,8 +243,8 @@ def hsv_adjust(x: torch.Tensor, *, s_mul: float = 1.0, s_add: float = 0.0, v_add
     of ``digital.brightness`` / ``digital.saturate`` (multiplying by 1 and adding 0 change nothing)."""
     n, _, h, w = x.shape
     out = torch.empty_like(x)
-    run_split(_hsv_adjust, n * h * w, _flat(x), out.numpy().reshape(-1), h * w, float(s_mul), float(s_add),
-              float(v_add), align=64, min_part=_min_part(5.0))
+    run_split(_hsv_adjust, n * h * w, flat_view(x), out.numpy().reshape(-1), h * w, float(s_mul), float(s_add),
+              float(v_add), align=64, min_part=part_units(5.0))
     return out
 
 
@@ -254,8 +254,8 @@ def contrast(x: torch.Tensor, factor: float) -> torch.Tensor | None:
     if h * w > 1 << 22:  # the float64 sum would no longer be exact in any order
         return None
     out = torch.empty_like(x)
-    run_split(_contrast, n * c, _flat(x), out.numpy().reshape(-1), h * w, np.float32(factor), align=1,
-              min_part=_min_part(1.0 * h * w))
+    run_split(_contrast, n * c, flat_view(x), out.numpy().reshape(-1), h * w, np.float32(factor), align=1,
+              min_part=part_units(1.0 * h * w))
     return out
 
 
@@ -302,8 +302,8 @@ def pixelate(x: torch.Tensor, sh: int, sw: int, *, box_back: bool) -> torch.Tens
     if plan is None:
         return None
     out = torch.empty_like(x)
-    run_split(_pixelate, n * c * h, _flat(x), out.numpy().reshape(-1), h, w, sw, *plan, align=1,
-              min_part=_min_part(60.0 + 1.2 * w))
+    run_split(_pixelate, n * c * h, flat_view(x), out.numpy().reshape(-1), h, w, sw, *plan, align=1,
+              min_part=part_units(60.0 + 1.2 * w))
     return out
 
 
@@ -326,7 +326,7 @@ if kernels.HAVE_NUMBA:
         for img in range(lo, hi):
             key = keys[img]
             for e in range(2 * plane):
-                f[e] = low + (high - low) * _uniform(key, e)
+                f[e] = low + (high - low) * nb_uniform(key, e)
             for q in range(2):  # along H: g[y] = sum_t ky[t] f[iy[y + t]], rows at a time
                 for y in range(h):
                     o = np.uint64(q * plane + y * w)

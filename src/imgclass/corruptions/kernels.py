@@ -8,7 +8,7 @@ all consult:
   it to False (a test's ``monkeypatch.setattr(kernels, "HAVE_NUMBA", False)``) sends every corruption, the
   random stream and the filters down the tensor path at once; it is False when numba is missing.
 - ``run_split``: a kernel's work split by position over torch's intra-op threads (the kernels release the GIL), in
-  parts of at least ``_PART_NS`` nanoseconds of work (``_min_part``), so the result never depends on the number of
+  parts of at least ``_PART_NS`` nanoseconds of work (``part_units``), so the result never depends on the number of
   threads; ``pool`` is the process-wide thread pool it hands parts to.
 
 A kernel is compiled (or loaded from numba's on-disk cache) on its first call, so a run compiles only the kernels
@@ -31,7 +31,7 @@ try:  # numba is a dependency; without it (or with NUMBA_DISABLE_JIT) the tensor
 except ImportError:  # pragma: no cover
     HAVE_NUMBA = False
 
-__all__ = ["HAVE_NUMBA", "pool", "run_split"]
+__all__ = ["HAVE_NUMBA", "pool", "run_split", "part_units", "flat_view"]
 
 
 # handing a part to a pool thread and getting it back costs 0.1-0.25 ms on a small VM: parts are sized to take
@@ -39,7 +39,7 @@ __all__ = ["HAVE_NUMBA", "pool", "run_split"]
 _PART_NS = 300_000
 
 
-def _min_part(unit_ns: float) -> int:
+def part_units(unit_ns: float) -> int:
     """The fewest units of work (of ``unit_ns`` each) worth a part of their own."""
     return max(1, int(_PART_NS / max(unit_ns, 1e-3)))
 
@@ -57,7 +57,7 @@ def pool(workers: int) -> ThreadPoolExecutor:
 def run_split(fn: Callable[..., None], total: int, *args, align: int = 2, min_part: int | None = None) -> None:
     """Call ``fn(lo, hi, *args)`` over [0, total) in as many parts as torch has threads, the first in the calling
     thread, the others in the thread pool (the kernels release the GIL); parts start at multiples of ``align``."""
-    min_part = _min_part(3.0) if min_part is None else min_part  # default: units of ~3 ns (a value of a noise)
+    min_part = part_units(3.0) if min_part is None else min_part  # default: units of ~3 ns (a value of a noise)
     parts = max(1, min(torch.get_num_threads(), total // max(1, min_part)))
     if threading.current_thread().name.startswith("imgclass-corrupt"):
         parts = 1  # already in a pool thread: waiting on the pool from inside it could deadlock
@@ -73,6 +73,6 @@ def run_split(fn: Callable[..., None], total: int, *args, align: int = 2, min_pa
         f.result()
 
 
-def _flat(x: torch.Tensor) -> np.ndarray:
+def flat_view(x: torch.Tensor) -> np.ndarray:
     """A flat numpy view of the contiguous batch."""
     return x.contiguous().numpy().reshape(-1)

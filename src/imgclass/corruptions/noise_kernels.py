@@ -12,14 +12,14 @@ import numpy as np
 import torch
 
 from . import kernels
-from .kernels import _flat, run_split
+from .kernels import flat_view, run_split
 
 __all__ = ["alias_rows", "impulse", "sample_table"]
 
 if kernels.HAVE_NUMBA:
     from numba import njit
 
-    from .stream import _G, _LOW, _ONE, _mix, _word
+    from .stream import NB_GAMMA, NB_LOW32, NB_ONE, nb_mix, nb_word
 
     @njit(nogil=True, cache=True, inline="always")
     def _pick(v, w, table):
@@ -39,15 +39,15 @@ if kernels.HAVE_NUMBA:
             i = max(lo, base) - base
             end = min(hi, base + m) - base
             if i & 1 and i < end:  # odd start: the high half alone
-                out[base + i] = _pick(x[base + i], _word(key, i), table)
+                out[base + i] = _pick(x[base + i], nb_word(key, i), table)
                 i += 1
             while i + 1 < end:  # both halves of one hash
-                h = _mix(key + (np.uint64(i >> 1) + _ONE) * _G)
-                out[base + i] = _pick(x[base + i], h & _LOW, table)
+                h = nb_mix(key + (np.uint64(i >> 1) + NB_ONE) * NB_GAMMA)
+                out[base + i] = _pick(x[base + i], h & NB_LOW32, table)
                 out[base + i + 1] = _pick(x[base + i + 1], h >> np.uint64(32), table)
                 i += 2
             if i < end:
-                out[base + i] = _pick(x[base + i], _word(key, i), table)
+                out[base + i] = _pick(x[base + i], nb_word(key, i), table)
             img += 1
 
     @njit(nogil=True, cache=True)
@@ -57,7 +57,7 @@ if kernels.HAVE_NUMBA:
             key = keys[img]
             base = img * m
             for i in range(max(lo, base) - base, min(hi, base + m) - base):
-                w = np.int64(_word(key, i))
+                w = np.int64(nb_word(key, i))
                 flip = np.int64(w < t_flip)
                 out[base + i] = np.uint8(np.int64(x[base + i]) * (1 - flip) + 255 * np.int64(w < t_salt))
             img += 1
@@ -106,13 +106,13 @@ def sample_table(x: torch.Tensor, keys: torch.Tensor, table: np.ndarray) -> torc
     (``noise.packed_table``: threshold << 8 | alias per column); the twin of ``noise.table_apply``."""
     out = torch.empty_like(x)
     m = x[0].numel()
-    run_split(_sample_table, x.numel(), _flat(x), out.numpy().reshape(-1), keys.numpy().view(np.uint64), m, table)
+    run_split(_sample_table, x.numel(), flat_view(x), out.numpy().reshape(-1), keys.numpy().view(np.uint64), m, table)
     return out
 
 
 def impulse(x: torch.Tensor, keys: torch.Tensor, t_flip: int, t_salt: int) -> torch.Tensor:
     """CPU kernel of the salt-and-pepper noise: word < t_salt -> 255, < t_flip -> 0, else unchanged."""
     out = torch.empty_like(x)
-    run_split(_impulse, x.numel(), _flat(x), out.numpy().reshape(-1), keys.numpy().view(np.uint64),
+    run_split(_impulse, x.numel(), flat_view(x), out.numpy().reshape(-1), keys.numpy().view(np.uint64),
               x[0].numel(), t_flip, t_salt)
     return out

@@ -4,7 +4,7 @@ Word ``i`` of an image (its values in (C, H, W) order) is half of ``mix64(key + 
 32 bits for even ``i``, the high ones for odd (SplitMix64's output function; ``key`` is the image's 63-bit key from
 (seed, corruption, severity, sample id)). Uniform ``i`` is the top 53 bits of ``mix64(key + (i + 1) * GAMMA)``.
 A counter-based generator: any piece of any image is drawn without the others, on any device, bit for bit the same.
-The numba twins (``_mix``, ``_word``, ``_uniform``) are inlined into the family kernels that draw inside their loops;
+The numba twins (``nb_mix``, ``nb_word``, ``nb_uniform``) are inlined into the family kernels that draw inside their loops;
 numba's cache does not see a change here from those modules, so a change here needs the cache cleared.
 """
 
@@ -55,7 +55,7 @@ def uniforms(keys: torch.Tensor, n: int, device=None) -> torch.Tensor:
     if keys.device.type == "cpu" and kernels.HAVE_NUMBA:
         out = torch.empty((len(keys), n), dtype=torch.float64)
         kernels.run_split(_uniforms, len(keys) * n, out.numpy().reshape(-1), keys.numpy().view(np.uint64), n,
-                          align=1, min_part=kernels._min_part(1.5))
+                          align=1, min_part=kernels.part_units(1.5))
         return out
     return _lshr(_hashes(keys, n), 11).to(torch.float64) * 2.0 ** -53
 
@@ -77,28 +77,28 @@ def box_muller(u: torch.Tensor) -> torch.Tensor:
 if kernels.HAVE_NUMBA:
     from numba import njit
 
-    _G = np.uint64(GAMMA)
+    NB_GAMMA = np.uint64(GAMMA)
     _K1 = np.uint64(_M1)
     _K2 = np.uint64(_M2)
-    _LOW = np.uint64(0xFFFFFFFF)
-    _ONE = np.uint64(1)
+    NB_LOW32 = np.uint64(0xFFFFFFFF)
+    NB_ONE = np.uint64(1)
 
     @njit(nogil=True, cache=True, inline="always")
-    def _mix(z):
+    def nb_mix(z):
         z = (z ^ (z >> np.uint64(30))) * _K1
         z = (z ^ (z >> np.uint64(27))) * _K2
         return z ^ (z >> np.uint64(31))
 
     @njit(nogil=True, cache=True, inline="always")
-    def _word(key, i):
-        h = _mix(key + (np.uint64(i >> 1) + _ONE) * _G)
+    def nb_word(key, i):
+        h = nb_mix(key + (np.uint64(i >> 1) + NB_ONE) * NB_GAMMA)
         if i & 1:
             return h >> np.uint64(32)
-        return h & _LOW
+        return h & NB_LOW32
 
     @njit(nogil=True, cache=True, inline="always")
-    def _uniform(key, i):
-        return np.float64(_mix(key + (np.uint64(i) + _ONE) * _G) >> np.uint64(11)) * 2.0 ** -53
+    def nb_uniform(key, i):
+        return np.float64(nb_mix(key + (np.uint64(i) + NB_ONE) * NB_GAMMA) >> np.uint64(11)) * 2.0 ** -53
 
     @njit(nogil=True, cache=True)
     def _uniforms(lo, hi, out, keys, m):
@@ -107,5 +107,5 @@ if kernels.HAVE_NUMBA:
             key = keys[img]
             base = img * m
             for i in range(max(lo, base) - base, min(hi, base + m) - base):
-                out[base + i] = _uniform(key, i)
+                out[base + i] = nb_uniform(key, i)
             img += 1

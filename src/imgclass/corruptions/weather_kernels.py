@@ -18,7 +18,7 @@ __all__ = ["fog", "snow_layer", "snow_compose"]
 if kernels.HAVE_NUMBA:
     from numba import njit
 
-    from .stream import _uniform
+    from .stream import nb_uniform
 
     @njit(nogil=True, cache=True)
     def _plasma(key, mapsize, decay):
@@ -34,21 +34,21 @@ if kernels.HAVE_NUMBA:
                 for j in range(a):
                     j1 = j + 1 if j + 1 < a else 0
                     sq = (ul[i, j] + ul[i1, j]) + (ul[i, j1] + ul[i1, j1])
-                    dr[i, j] = sq / 4 + wibble * (-wibble + 2 * wibble * _uniform(key, k + i * a + j))
+                    dr[i, j] = sq / 4 + wibble * (-wibble + 2 * wibble * nb_uniform(key, k + i * a + j))
             k += a * a
             for i in range(a):
                 i0 = i - 1 if i > 0 else a - 1
                 for j in range(a):
                     j1 = j + 1 if j + 1 < a else 0
                     s_ = (dr[i, j] + dr[i0, j]) + (ul[i, j] + ul[i, j1])
-                    lt[i, j] = s_ / 4 + wibble * (-wibble + 2 * wibble * _uniform(key, k + i * a + j))
+                    lt[i, j] = s_ / 4 + wibble * (-wibble + 2 * wibble * nb_uniform(key, k + i * a + j))
             k += a * a
             for i in range(a):
                 i1 = i + 1 if i + 1 < a else 0
                 for j in range(a):
                     j0 = j - 1 if j > 0 else a - 1
                     s_ = (dr[i, j] + dr[i, j0]) + (ul[i, j] + ul[i1, j])
-                    tt[i, j] = s_ / 4 + wibble * (-wibble + 2 * wibble * _uniform(key, k + i * a + j))
+                    tt[i, j] = s_ / 4 + wibble * (-wibble + 2 * wibble * nb_uniform(key, k + i * a + j))
             k += a * a
             new = np.empty((2 * a, 2 * a))
             for i in range(a):

@@ -21,7 +21,7 @@ from ..data import load_dataset
 from ..data.labels import align_labels
 from ..device import resolve_device
 from ..distributed import DistInfo, init_distributed
-from ..engine import Engine, _Collate, default_workers
+from ..engine import Engine, Collate, default_workers
 from ..models import load_model
 from ..models.checkpoint import ARCHS, build_arch
 from ..models.classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, ModelConfig
@@ -280,7 +280,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
             sampler = EpochBatchSampler(len(train_ds), cfg.batch_size, world, run.dist.rank, cfg.seed,
                                         epoch, start_step if epoch == start_epoch else 0, cfg.drop_last)
             loader = torch.utils.data.DataLoader(view, batch_sampler=sampler, num_workers=workers,
-                                                 collate_fn=_Collate(), pin_memory=run.cuda,
+                                                 collate_fn=Collate(), pin_memory=run.cuda,
                                                  prefetch_factor=4 if workers > 0 else None)
             clf.train()
             t0, seen, images, loss_sum, skipped = time.perf_counter(), 0, 0, 0.0, 0

@@ -8,7 +8,7 @@ import torch
 from ...attacks import derive_seed, get_attack, sample_keys
 from ...report.images import image_base64
 from .params import AdversarialParams
-from .run import Aligned, _to_u8, make_attack
+from .run import Aligned, to_u8, make_attack
 
 __all__ = ["patch_result"]
 
@@ -55,7 +55,7 @@ def patch_result(ctx, p: AdversarialParams, ds) -> dict:
         "clean_accuracy": float(ok.double().mean()), "patched_accuracy": float((o["patched"] == y).double().mean()),
         "random_patch_accuracy": float((o["random"] == y).double().mean()),
         "success_rate": float((o["patched"][ok] != y[ok]).double().mean()) if ok.any() else None,
-        "patch_png": image_base64(_to_u8(att.patch), max_side=256),
+        "patch_png": image_base64(to_u8(att.patch), max_side=256),
     }
     if att.target_class is not None:
         res["target_rate"] = float((o["patched"] == att.target_class).double().mean())

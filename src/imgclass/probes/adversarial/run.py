@@ -96,7 +96,7 @@ def default_attack_batch_size(device: torch.device, engine_batch: int, input_siz
     return max(int(engine_batch), 1024 if max(input_size[1:]) <= 64 else 256)
 
 
-def _to_u8(x: torch.Tensor) -> np.ndarray:
+def to_u8(x: torch.Tensor) -> np.ndarray:
     return (x.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
@@ -172,9 +172,9 @@ class _Attacker:
             amp = 0.5 / max(float(delta.abs().max()), 1e-12)
             self.gallery.append({
                 "attack": name, "eps": k, "label": int(yc[i]), "adv_pred": int(ap[j]), "amplification": amp,
-                "clean_png": image_base64(_to_u8(xc[i]), max_side=128),
-                "adv_png": image_base64(_to_u8(adv[j]), max_side=128),
-                "delta_png": image_base64(_to_u8(0.5 + delta * amp), max_side=128),
+                "clean_png": image_base64(to_u8(xc[i]), max_side=128),
+                "adv_png": image_base64(to_u8(adv[j]), max_side=128),
+                "delta_png": image_base64(to_u8(0.5 + delta * amp), max_side=128),
             })
 
 
