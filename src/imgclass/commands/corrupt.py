@@ -143,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
     what = ", ".join(names) if len(names) < 4 else f"{len(names)} corruptions"
     params = " and ".join(f"{_PARAM_NAMES[p]} parameters for {k} image(s)" if len(used) > 1 else
                           f"{_PARAM_NAMES[p]} parameters" for p, k in sorted(used.items())) or "no images"
-    how = "" if args.params != "auto" else f" (chosen by image size: up to {SMALL_SIDE} px CIFAR-10-C)"
+    how = "" if args.params != "auto" else f" (chosen by image size: CIFAR-10-C up to {SMALL_SIDE} px a side, ImageNet-C above)"
     subset = f", a seeded subset of {len(order)} of {len(src)}" if len(order) < len(src) else ""
     print(f"wrote {written} images to {out} ({what}, severity {args.severity}, {params}{how}, seed {args.seed}"
           f"{subset})")

@@ -91,8 +91,12 @@ class Probe(abc.ABC):
         fields = {f.name for f in dataclasses.fields(self.Params)}
         unknown = set(params) - fields
         if unknown:
-            raise ParameterError(f"probe {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}; "
-                            f"parameters: {', '.join(sorted(fields)) or 'none'}")
+            import difflib
+
+            close = sorted({c for u in unknown for c in difflib.get_close_matches(u, fields, n=2)})
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+            raise ParameterError(f"probe {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}{hint}; "
+                                 f"parameters: {', '.join(sorted(fields)) or 'none'}")
         self.params = self.Params(**params)
 
     def param_dict(self) -> dict:
