@@ -88,3 +88,17 @@ def test_eval_help_metavars_name_the_parameter():
     p = subprocess.run([sys.executable, "-m", "imgclass", "eval", "--help"], capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0 and "PROBEFLAG" not in p.stdout and "--eps EPS" in p.stdout, p.stdout
+
+
+def test_report_of_a_missing_or_malformed_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "bad.json").write_text('{"a":')
+    (tmp_path / "list.json").write_text("[1]")
+    for name, words in [("none.json", "no such file"), ("bad.json", "not a results.json"),
+                        ("list.json", "not a results.json of imgclass")]:
+        assert main(["report", str(tmp_path / name)]) == 1
+        assert words in _one_line(capsys.readouterr().err)
+
+
+def test_unknown_probe_parameter_suggests_the_close_name(capsys):
+    assert main(["eval", "zoo:cifar10-resnet20", DATA, "--set", "calibration.nbins=3"]) == 2
+    assert "(did you mean 'n_bins'?)" in _one_line(capsys.readouterr().err)
