@@ -27,13 +27,18 @@ from imgclass.train.state import LAST, load_training_state, save_training_checkp
 from conftest import ROOT, mirror_file
 
 
+def lossless_train(n: int, folder: Path) -> Path:
+    """The first ``n`` lossless CIFAR-10 training images as ``folder/train{n}.npz``."""
+    src = np.load(mirror_file("cifar10-lossless/train-first2000.npz"))
+    p = folder / f"train{n}.npz"
+    np.savez(p, images=src["images"][:n], labels=src["labels"][:n], class_names=src["class_names"])
+    return p
+
+
 @pytest.fixture(scope="module")
 def small_cifar(tmp_path_factory) -> Path:
     """256 lossless CIFAR-10 training images as an npz (fast to train on)."""
-    src = np.load(mirror_file("cifar10-lossless/train-first2000.npz"))
-    p = tmp_path_factory.mktemp("data") / "train256.npz"
-    np.savez(p, images=src["images"][:256], labels=src["labels"][:256], class_names=src["class_names"])
-    return p
+    return lossless_train(256, tmp_path_factory.mktemp("data"))
 
 
 def _sha(p: Path) -> str:
@@ -225,9 +230,7 @@ def test_distilled_student_beats_the_same_student_without_teacher(tmp_path):
     """Reference: Hinton et al. 2015 (soft-target KD helps most with little data): a ResNet-20 distilled from the
     published ResNet-56 beats the same student, seed and short schedule without a teacher (measured here on
     1,000 training images, 6 epochs: 27.6 % vs 25.5 % on the lossless test images)."""
-    src = np.load(mirror_file("cifar10-lossless/train-first2000.npz"))
-    data = tmp_path / "train1000.npz"
-    np.savez(data, images=src["images"][:1000], labels=src["labels"][:1000], class_names=src["class_names"])
+    data = lossless_train(1000, tmp_path)
     acc = {}
     for teacher in (None, "zoo:cifar10-resnet56"):
         cfg = TrainConfig(data=f"npz:{data}", val_data="zoo:cifar10-lossless:test", model="cifar_resnet20",
@@ -288,10 +291,7 @@ _SHRINK = {"timm:resnet50": {"layers": [1, 1, 1, 1]}}
 
 @pytest.fixture(scope="module")
 def tiny_cifar(tmp_path_factory) -> Path:
-    src = np.load(mirror_file("cifar10-lossless/train-first2000.npz"))
-    p = tmp_path_factory.mktemp("data") / "train8.npz"
-    np.savez(p, images=src["images"][:8], labels=src["labels"][:8], class_names=src["class_names"])
-    return p
+    return lossless_train(8, tmp_path_factory.mktemp("data"))
 
 
 @pytest.mark.parametrize("recipe", list_recipes())
@@ -437,10 +437,7 @@ def _weights(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def cifar100(tmp_path_factory) -> Path:
     """100 images: with batch 32, three full batches and 4 images left over per epoch."""
-    src = np.load(mirror_file("cifar10-lossless/train-first2000.npz"))
-    p = tmp_path_factory.mktemp("data") / "train100.npz"
-    np.savez(p, images=src["images"][:100], labels=src["labels"][:100], class_names=src["class_names"])
-    return p
+    return lossless_train(100, tmp_path_factory.mktemp("data"))
 
 
 def test_drop_last_is_said_once_and_drop_last_false_trains_every_image(cifar100, tmp_path, capsys, single_thread):
