@@ -153,22 +153,12 @@ def _cmd_assets(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    import json
-
     from .report import render_report
+    from .results import load
 
-    from .errors import ImgclassError
-
+    results = load(args.results)
     path = Path(args.results)
-    if not path.is_file():
-        raise ImgclassError(f"{path}: no such file (give the results.json an `imgclass eval --out DIR` wrote)")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ImgclassError(f"{path}: not a results.json ({e})") from None
-    if not isinstance(results, dict) or "probes" not in results:
-        raise ImgclassError(f"{path}: not a results.json of imgclass (no 'probes' entry)")
-    out = args.out or str(Path(args.results).with_name("report.html"))
+    out = args.out or str((path if path.is_dir() else path.parent) / "report.html")
     render_report(results).write(out)
     print(f"wrote {out}")
     return EXIT_OK

@@ -19,10 +19,9 @@ from .errors import UsageError
 from .files import write_json
 from .models import Classifier, load_model
 from .probes import PROBES, ProbeContext, get_probe, to_jsonable
+from .results import SAMPLES_FILE, SCHEMA_VERSION, SampleTable, from_dict, write_samples
 
-__all__ = ["evaluate", "SCHEMA_VERSION", "write_json"]
-
-SCHEMA_VERSION = 1
+__all__ = ["evaluate", "SCHEMA_VERSION", "write_json", "record_run"]
 
 
 def _environment(engine: Engine) -> dict:
@@ -53,6 +52,7 @@ def evaluate(
     progress: bool = True,
     command: list[str] | None = None,
     model_options: dict[str, Any] | None = None,
+    store: str | bool | None = True,
 ) -> dict:
     """Evaluate ``model`` on ``data`` with the named probes; return the results dict.
 
@@ -62,6 +62,10 @@ def evaluate(
     module's contract: ``mean``, ``std``, ``classes``, ``input_size``...; a spec's options).
     ``amp``: autocast where it is fast (float16 on CUDA, bfloat16 on CPUs with native bfloat16); ``fast``:
     predict with the folded inference copy when it matches the model (see ``Engine``).
+    ``store``: record the run in the run store (True: the default store, ``$IMGCLASS_STORE`` or
+    ``$IMGCLASS_HOME/runs.db``; a SQLAlchemy URL; False: not recorded). With ``out``, per-sample outputs go to
+    ``out/samples.npz``. The returned dict is the results.json content (validated by :mod:`imgclass.results`);
+    its ``run_id`` is the store's id of the run.
     """
     probe_params = probe_params or {}
     if not probes:
@@ -92,15 +96,20 @@ def evaluate(
     engine = Engine(clf, batch_size=batch_size, workers=workers, device=device, on_error=on_error, amp=amp,
                     fast=fast, progress=progress)
     alignment = engine.alignment(ds)
-    ctx = ProbeContext(clf, ds, engine, seed=seed)
+    table = SampleTable(np.array([ds.sample_id(i) for i in range(len(ds))], dtype=str), ds.labels)
+    ctx = ProbeContext(clf, ds, engine, seed=seed, samples=table)
+    group, group_label = clf.group()
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
+        "kind": "eval",
         "imgclass_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "seed": seed,
-        "model": {"spec": clf.source, **clf.describe()},
-        "data": {**ds.describe(), **({"subset": subset, "n_samples_full": len(full)} if subset else {})},
+        "model": {"spec": clf.source, **clf.describe(), "weights_sha256": clf.weights_sha256(), "group": group,
+                  "group_label": group_label},
+        "data": {**ds.describe(), "files_sha256": ds.files_sha256(),
+                 **({"subset": subset, "n_samples_full": len(full)} if subset else {})},
         "label_alignment": alignment.to_dict(),
         "settings": engine.settings(),
         "environment": _environment(engine),
@@ -137,11 +146,34 @@ def evaluate(
         results["warnings"].append(f"{len(skipped)} file(s) could not be read and were skipped "
                                    "(listed under probes.accuracy.skipped when that probe runs).")
         results["skipped"] = [{"path": s["path"] or s["id"], "reason": s["reason"]} for s in skipped]
-    results = to_jsonable(results)
-    if out is not None and engine.dist.is_main:
+    if out is not None and table.probes:
+        results["samples"] = SAMPLES_FILE
+    typed = from_dict(to_jsonable(results), source="this run's results")
+    results = typed.to_dict()
+    if not engine.dist.is_main:
+        return results
+    if out is not None:
         from .report import render_report
 
         out = Path(out)
         write_json(results, out / "results.json")
-        render_report(results).write(out / "report.html")
+        if table.probes:
+            write_samples(table, out / SAMPLES_FILE)
+        render_report(typed).write(out / "report.html")
+    if store is not False:
+        results["run_id"] = record_run(typed, None if out is None else out / "results.json",
+                                       url=None if store is True or store is None else store)
     return results
+
+
+def record_run(results, results_path: str | os.PathLike | None, *, url: str | None = None) -> int:
+    """Record a run in the store; a store that fails says so in one line after the results are safe on disk."""
+    from .errors import ImgclassError
+    from .store import record_results
+
+    try:
+        return record_results(results, results_path, url=url)
+    except ImgclassError as e:
+        where = f"; the results are in {results_path} (index them later with `imgclass runs import`)" \
+            if results_path is not None else ""
+        raise ImgclassError(f"{e}{where}") from None

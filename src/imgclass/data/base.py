@@ -69,6 +69,15 @@ class ImageDataset(torch.utils.data.Dataset):
     def subset(self, indices: Sequence[int]) -> "SubsetDataset":
         return SubsetDataset(self, indices)
 
+    def files_sha256(self) -> str:
+        """SHA-256 of the sample list (each sample's id and label, in order): two runs on the same files agree."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for i, y in enumerate(self.labels.tolist()):
+            h.update(f"{self.sample_id(i)}\t{y}\n".encode())
+        return h.hexdigest()
+
     def describe(self) -> dict:
         return {"spec": self.spec, "n_samples": len(self), "n_classes": len(self.classes), "labeled": self.labeled,
                 "classes": self.classes.to_dict(), "soft_labels": self.soft_label_source}

@@ -207,6 +207,35 @@ class Classifier(nn.Module):
             self._cam_layer = cands[-1]
         return self._cam_layer
 
+    def weights_sha256(self) -> str | None:
+        """SHA-256 of the weights (every state-dict entry's name, dtype, shape and bytes, in order); None for a model
+        without any (a runtime wrapper)."""
+        import hashlib
+
+        sd = self.model.state_dict()
+        if not sd:
+            return None
+        h = hashlib.sha256()
+        for name, t in sd.items():
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
+    def group(self) -> tuple[str, str]:
+        """(key, label) of the runs that count as one model: the training recipe without its seed for a checkpoint
+        that imgclass trained (seeds of one recipe are aggregated), else the model source."""
+        import hashlib
+        import json
+
+        recipe = (self.info.get("meta") or {}).get("recipe") if isinstance(self.info, dict) else None
+        if isinstance(recipe, dict) and recipe:
+            rest = {k: v for k, v in recipe.items() if k not in ("seed",)}
+            key = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            label = f"{recipe.get('model') or self.arch} trained on {recipe.get('data')} ({recipe.get('epochs')} epochs)"
+            return f"recipe:{key}", label
+        return self.source, self.source
+
     def describe(self) -> dict:
         n_params = sum(p.numel() for p in self.model.parameters())
         return {

@@ -8,9 +8,27 @@ import numpy as np
 import torch
 
 from .. import metrics
-from .base import Probe, ProbeContext, register_probe
+from .base import Metric, Probe, ProbeContext, ProbeResult, register_probe
 
 DENSE_CONFUSION_MAX = 100  # above this many classes the confusion matrix is stored sparse
+
+
+class AccuracyResult(ProbeResult):
+    probe = "accuracy"
+    metrics = (Metric("top1", "top-1 accuracy"), Metric("top5", "top-5 accuracy"),
+               Metric("balanced_accuracy", "balanced accuracy"), Metric("macro_f1", "macro F1"))
+    primary = "top1"
+
+    top1: float | None
+    top5: float | None = None
+    balanced_accuracy: float | None = None
+    macro_f1: float | None = None
+    n_evaluated: int
+    n_skipped: int = 0
+    class_names: list[str]
+
+    def protocol(self, params: dict) -> dict:
+        return {"prediction": "top-1 of the logits over the dataset's classes", "n_evaluated": self.n_evaluated}
 
 
 @register_probe
@@ -18,6 +36,8 @@ class AccuracyProbe(Probe):
     name = "accuracy"
     title = "Accuracy"
     description = "top-1/top-5, per-class accuracy, confusion matrix, macro precision/recall/F1"
+
+    Result = AccuracyResult
 
     @dataclass
     class Params:
@@ -29,6 +49,8 @@ class AccuracyProbe(Probe):
         c = len(names)
         y = pred.labels.numpy()
         top1_pred = pred.logits.argmax(1).numpy() if len(y) else np.empty(0, dtype=np.int64)
+        conf = torch.softmax(pred.logits.double(), 1).amax(1) if len(y) else torch.empty(0)
+        ctx.record_samples(self.name, pred.indices, pred=top1_pred, confidence=conf.float(), correct=top1_pred == y)
         cm = metrics.confusion_matrix(y, top1_pred, c)
         support = cm.sum(1)
         predicted = cm.sum(0)

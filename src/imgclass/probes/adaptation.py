@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from .base import CliFlag, Probe, ProbeContext, register_probe
+from .base import CliFlag, Metric, Probe, ProbeContext, ProbeResult, register_probe
 
 METHODS = ("norm", "tent", "pl", "rpl")
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -65,6 +65,23 @@ def adaptation_loss(logits: torch.Tensor, method: str, *, q: float = 0.8) -> tor
     raise ValueError(f"no loss for method {method!r}")
 
 
+class AdaptationResult(ProbeResult):
+    """``accuracy@CORRUPTION@METHOD`` (``source``: the unadapted model)."""
+
+    probe = "adaptation"
+    metrics = (Metric("accuracy", "accuracy"),)
+
+    accuracy: dict[str, dict[str, float | None]]
+    severity: int
+    n_evaluated: int
+
+    def headline(self) -> dict[str, float | None]:
+        return {f"accuracy@{c}@{m}": v for c, per in self.accuracy.items() for m, v in per.items()}
+
+    def protocol(self, params: dict) -> dict:
+        return {"severity": self.severity, "corruption_params": self.get("corruption_params"),
+                "optimizer": self.get("optimizer"), "protocol": self.get("protocol")}
+
 @register_probe
 class AdaptationProbe(Probe):
     name = "adaptation"
@@ -74,6 +91,8 @@ class AdaptationProbe(Probe):
         CliFlag("--tta-methods", "methods", f"adaptation methods ({', '.join(METHODS)})", _names),
         CliFlag("--adapt-corruptions", "corruptions", "corruptions to adapt to ('none' = clean data)", _names),
     )
+
+    Result = AdaptationResult
 
     @dataclass
     class Params:

@@ -16,8 +16,11 @@ from ..engine import Engine, Predictions
 from ..errors import ParameterError
 from ..models.classifier import Classifier
 from ..registry import Registry
+from ..results.models import Metric, ProbeResult
+from ..results.samples import SampleTable
 
-__all__ = ["Probe", "ProbeContext", "CliFlag", "PROBES", "register_probe", "get_probe", "to_jsonable"]
+__all__ = ["Probe", "ProbeContext", "CliFlag", "PROBES", "register_probe", "get_probe", "to_jsonable", "Metric",
+           "ProbeResult"]
 
 PROBES: Registry[type["Probe"]] = Registry("probe")
 
@@ -26,6 +29,8 @@ def register_probe(cls: type["Probe"]) -> type["Probe"]:
     """Class decorator: make a probe available by its ``name``; a probe that lacks ``run`` or ``render`` is refused."""
     if not getattr(cls, "name", None):
         raise TypeError(f"{cls.__name__} needs a 'name'")
+    if cls.Result is not ProbeResult and cls.Result.probe != cls.name:
+        raise TypeError(f"probe {cls.name!r}: its Result class {cls.Result.__name__} names probe {cls.Result.probe!r}")
     if inspect.isabstract(cls):
         missing = ", ".join(sorted(cls.__abstractmethods__))
         raise TypeError(f"probe {cls.name!r} ({cls.__name__}) does not implement {missing}")
@@ -46,9 +51,16 @@ class ProbeContext:
     engine: Engine
     seed: int = 0
     shared: dict = field(default_factory=dict)
+    samples: SampleTable | None = None  # per-sample outputs (samples.npz); None: not recorded
 
     def predictions(self) -> Predictions:
         return self.engine.predict(self.dataset)
+
+    def record_samples(self, probe: str, indices: np.ndarray, **arrays: Any) -> None:
+        """Keep a probe's per-sample arrays (first axis: the samples at dataset ``indices``) for samples.npz."""
+        if self.samples is not None:
+            self.samples.add(probe, np.asarray(indices, dtype=np.int64),
+                             **{k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in arrays.items()})
 
     def generator(self, salt: str) -> np.random.Generator:
         """A numpy generator that depends only on the run seed and the probe's own salt."""
@@ -82,6 +94,7 @@ class Probe(abc.ABC):
     description: ClassVar[str] = ""
     cli_flags: ClassVar[tuple[CliFlag, ...]] = ()
     needs_labels: ClassVar[bool] = True  # False: the probe also runs on unlabeled data (a flat folder of images)
+    Result: ClassVar[type[ProbeResult]] = ProbeResult  # the typed result (headline metrics, protocol)
 
     @dataclass
     class Params:
@@ -107,10 +120,10 @@ class Probe(abc.ABC):
         """Measure: the probe's JSON-able result."""
 
     @abc.abstractmethod
-    def render(self, result: dict, section) -> None:
-        """Write the probe's report section from its result."""
+    def render(self, result: ProbeResult, section) -> None:
+        """Write the probe's report section from its (typed) result."""
 
-    def summary(self, result: dict) -> list[tuple[str, str]]:
+    def summary(self, result: ProbeResult) -> list[tuple[str, str]]:
         """(label, value) pairs for the CLI table and the report summary."""
         return []
 

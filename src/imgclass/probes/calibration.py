@@ -9,7 +9,7 @@ import torch
 
 from ..errors import UsageError
 from .. import metrics
-from .base import Probe, ProbeContext, register_probe
+from .base import Metric, Probe, ProbeContext, ProbeResult, register_probe
 
 
 def _scores(logits: torch.Tensor, labels: torch.Tensor, n_bins: int) -> dict:
@@ -26,11 +26,41 @@ TEMPERATURE_BOUNDS = (0.05, 20.0)  # the search interval of T
 MIN_FIT = 200  # fewer fit samples than this get a warning
 
 
+class CalibrationResult(ProbeResult):
+    probe = "calibration"
+    metrics = (Metric("ece", "ECE", False), Metric("ece_adaptive", "ECE (equal-mass)", False),
+               Metric("nll", "NLL", False), Metric("brier", "Brier", False),
+               Metric("ece_after_scaling", "ECE after temperature scaling", False),
+               Metric("temperature", "temperature", False))
+    primary = "ece"
+
+    n_bins: int
+    n_evaluated: int
+    ece: float | None
+    ece_adaptive: float | None = None
+    nll: float | None = None
+    brier: float | None = None
+    temperature: float | None = None
+
+    def headline(self) -> dict[str, float | None]:
+        out = super().headline()
+        ts = self.get("temperature_scaling") or {}
+        out["ece_after_scaling"] = (ts.get("after") or {}).get("ece") if self.temperature is not None else None
+        return out
+
+    def protocol(self, params: dict) -> dict:
+        ts = self.get("temperature_scaling") or {}
+        return {"ece": f"{self.n_bins} equal-width bins of top-1 confidence (torchmetrics, l1)",
+                "n_bins": self.n_bins, "temperature_fit": ts.get("fit_on")}
+
+
 @register_probe
 class CalibrationProbe(Probe):
     name = "calibration"
     title = "Calibration"
     description = "ECE (15 bins, torchmetrics' definition), adaptive and classwise ECE, NLL, Brier, temperature scaling"
+
+    Result = CalibrationResult
 
     @dataclass
     class Params:

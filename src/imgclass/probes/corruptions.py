@@ -10,7 +10,6 @@ relative CE (sum_s (E_{s,c} - E_clean) / sum_s (E^base_{s,c} - E^base_clean)) ar
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 from ..errors import UnknownNameError, UsageError
 from ..report.images import image_base64
-from .base import CliFlag, Probe, ProbeContext, register_probe
+from .base import CliFlag, Metric, Probe, ProbeContext, ProbeResult, register_probe
 
 # AlexNet top-1 errors on ImageNet-C, averaged over severities 1-5 (Hendrycks & Dietterich, ICLR 2019; the
 # values of their evaluation code, github.com/hendrycks/robustness), the denominators of CE and mCE.
@@ -72,6 +71,35 @@ def _severities(value) -> tuple[int, ...]:
     return tuple(sorted(set(sev)))
 
 
+class CorruptionsResult(ProbeResult):
+    probe = "corruptions"
+    metrics = (Metric("mean_accuracy", "mean corruption accuracy"), Metric("mce", "mCE", False),
+               Metric("clean_accuracy", "clean accuracy"), Metric("accuracy", "accuracy"))
+    primary = "mean_accuracy"
+
+    parameter_set: str
+    corruptions: list[str]
+    severities: list[int]
+    seed: int = 0
+    n_evaluated: int
+    clean_accuracy: float | None
+    mean_accuracy: float | None
+    mce: float | None = None
+    mce_normalization: str | None = None
+
+    def headline(self) -> dict[str, float | None]:
+        out = {k: v for k, v in super().headline().items() if k != "accuracy"}
+        for c, per_sev in (self.get("accuracy") or {}).items():  # accuracy@CORRUPTION (mean over severities)
+            vals = [v for v in per_sev.values() if v is not None]
+            out[f"accuracy@{c}"] = float(np.mean(vals)) if vals else None
+        return out
+
+    def protocol(self, params: dict) -> dict:
+        return {"parameter_set": self.parameter_set, "parameter_source": self.get("parameter_source"),
+                "corruptions": self.corruptions, "severities": self.severities, "seed": self.seed,
+                "mce_normalization": self.mce_normalization}
+
+
 @register_probe
 class CorruptionsProbe(Probe):
     name = "corruptions"
@@ -84,6 +112,8 @@ class CorruptionsProbe(Probe):
         CliFlag("--corruption-params", "params", "parameter set: imagenet or cifar10 (default: by input size)"),
         CliFlag("--baseline", "baseline", "a baseline run's results.json (CE and relative CE against it)"),
     )
+
+    Result = CorruptionsResult
 
     @dataclass
     class Params:
@@ -141,6 +171,8 @@ class CorruptionsProbe(Probe):
             return float((res.outputs[key] == y).double().mean()) if n else None
 
         accuracy = {name: {str(s): acc(f"{name}/{s}") for s in sevs} for name in names}
+        ctx.record_samples(self.name, res.indices, **{f"{k.replace('/', '@')}": (v == y) for k, v in res.outputs.items()
+                                                      if k != "labels"})
         clean = acc("clean")
         out = {
             "parameter_set": pset,
@@ -186,7 +218,10 @@ class CorruptionsProbe(Probe):
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"baseline results {path} not found (give a run's results.json)")
-        base = json.loads(p.read_text()).get("probes", {}).get("corruptions")
+        from ..results import load
+
+        base_run = load(p)
+        base = base_run.probes.get("corruptions")
         if not base:
             raise UsageError(f"{path} has no probes.corruptions result to compare with")
         if base.get("parameter_set") != r["parameter_set"]:
@@ -205,7 +240,7 @@ class CorruptionsProbe(Probe):
             rel[c] = float((e - (1 - r["clean_accuracy"])).sum() / gap_b) if gap_b > 0 else None
         ok_ce = [v for v in ce.values() if v is not None]
         ok_rel = [v for v in rel.values() if v is not None]
-        return {"path": str(p), "model": json.loads(p.read_text()).get("model", {}).get("spec"),
+        return {"path": str(p), "model": base_run.model.spec,
                 "corruptions": list(ce), "ce": ce, "relative_ce": rel,
                 "mce": float(np.mean(ok_ce)) if ok_ce else None,
                 "relative_mce": float(np.mean(ok_rel)) if ok_rel else None,

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import UsageError
 from ..report.images import image_base64
-from .base import CliFlag, Probe, ProbeContext, register_probe
+from .base import CliFlag, Metric, Probe, ProbeContext, ProbeResult, register_probe
 
 BASELINES = {"random": None, "random_smooth": 7}  # name -> grid cells of the random map (None: per pixel)
 
@@ -50,6 +50,28 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+class ExplanationsResult(ProbeResult):
+    """``deletion_auc@METHOD`` (lower is better), ``insertion_auc@METHOD`` (higher is better)."""
+
+    probe = "explanations"
+    metrics = (Metric("deletion_auc", "deletion AUC", False), Metric("insertion_auc", "insertion AUC"))
+
+    n_evaluated: int
+    methods: list[str]
+    deletion_auc: dict[str, float | None] = {}
+    insertion_auc: dict[str, float | None] = {}
+
+    def headline(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for what in ("deletion_auc", "insertion_auc"):
+            for m, v in getattr(self, what).items():
+                out[f"{what}@{m}"] = v
+        return out
+
+    def protocol(self, params: dict) -> dict:
+        return {"methods": self.methods, "target": self.get("target"), "n_evaluated": self.n_evaluated,
+                **(self.get("protocol") or {})}
+
 @register_probe
 class ExplanationsProbe(Probe):
     name = "explanations"
@@ -57,6 +79,8 @@ class ExplanationsProbe(Probe):
     description = ("attribution maps on a seeded sample: deletion/insertion AUC against random maps, "
                    "model-randomization sanity check, overlay gallery")
     cli_flags = (CliFlag("--explain-methods", "methods", "attribution methods, e.g. gradcam,ig,saliency", _names),)
+
+    Result = ExplanationsResult
 
     @dataclass
     class Params:

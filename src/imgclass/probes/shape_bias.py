@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from ..errors import UsageError
-from .base import Probe, ProbeContext, register_probe
+from .base import Metric, Probe, ProbeContext, ProbeResult, register_probe
 
 _STIMULUS = re.compile(r"^([a-z]+)\d+-([a-z]+)\d+$")
 REFERENCES = {
@@ -32,11 +32,29 @@ def texture_category(sample_id: str) -> str:
     return m.group(2)
 
 
+class ShapeBiasResult(ProbeResult):
+    probe = "shape_bias"
+    metrics = (Metric("shape_bias", "shape bias"), Metric("shape_match_rate", "shape match rate"),
+               Metric("texture_match_rate", "texture match rate", False))
+    primary = "shape_bias"
+
+    shape_bias: float | None
+    shape_decisions: int
+    texture_decisions: int
+    n_conflict_stimuli: int
+    decision_rule: str
+
+    def protocol(self, params: dict) -> dict:
+        return {"decision_rule": self.decision_rule, "n_conflict_stimuli": self.n_conflict_stimuli,
+                "excluded": "stimuli whose shape and texture category agree"}
+
 @register_probe
 class ShapeBiasProbe(Probe):
     name = "shape_bias"
     title = "Shape bias"
     description = "shape vs texture decisions on cue-conflict stimuli (Geirhos et al. 2019); data: zoo:cue-conflict"
+
+    Result = ShapeBiasResult
 
     @dataclass
     class Params:
@@ -63,6 +81,8 @@ class ShapeBiasProbe(Probe):
         is_shape = (decision == shape) & conflict
         is_texture = (decision == texture) & conflict
         n_shape, n_texture = int(is_shape.sum()), int(is_texture.sum())
+        ctx.record_samples(self.name, pred.indices, pred=decision, correct=decision == shape, shape_decision=is_shape,
+                           texture_decision=is_texture)
         per_cat = {}
         for c, name in enumerate(names):
             sel = conflict & (shape == c)

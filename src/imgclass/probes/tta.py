@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .base import CliFlag, Probe, ProbeContext, register_probe
+from .base import CliFlag, Metric, Probe, ProbeContext, ProbeResult, register_probe
 
 VIEW_SETS = ("flip", "ten_crop", "zoom")
 
@@ -86,6 +86,28 @@ def _cut(x: torch.Tensor, v: View, out_hw: tuple[int, int]) -> torch.Tensor:
     return crop.flip(-1) if v.flip else crop
 
 
+class TTAResult(ProbeResult):
+    probe = "tta"
+    metrics = (Metric("baseline_top1", "centre-crop top-1"), Metric("accuracy", "TTA accuracy"),
+               Metric("oracle", "any-view-correct oracle"))
+    primary = "baseline_top1"
+
+    baseline_top1: float | None
+    sets: dict[str, dict]
+    n_evaluated: int
+
+    def headline(self) -> dict[str, float | None]:
+        out = {"baseline_top1": self.baseline_top1}
+        for name, s in self.sets.items():
+            out[f"accuracy@{name}"] = s.get("accuracy")
+            out[f"oracle@{name}"] = s.get("oracle")
+        return out
+
+    def protocol(self, params: dict) -> dict:
+        g = self.get("grid") or {}
+        return {"sets": {k: v.get("n_views") for k, v in self.sets.items()}, "averaging": g.get("averaging"),
+                "preprocessing": g.get("preprocessing")}
+
 @register_probe
 class TTAProbe(Probe):
     name = "tta"
@@ -96,6 +118,8 @@ class TTAProbe(Probe):
                 lambda s: tuple(v.strip() for v in s.split(",") if v.strip())),
         CliFlag("--zoom-scales", "zoom_scales", "zoom factors, e.g. 1.5,2,3", _floats),
     )
+
+    Result = TTAResult
 
     @dataclass
     class Params:
@@ -126,8 +150,12 @@ class TTAProbe(Probe):
             set_pred = torch.stack([probs[:, members[s]].mean(1).argmax(1) for s in set_names], 1)
             return {"view_correct": correct, "set_pred": set_pred, "labels": b.labels}
 
-        out = eng.map(ds, fn, desc=f"TTA ({len(views)} views)").outputs
+        mapped = eng.map(ds, fn, desc=f"TTA ({len(views)} views)")
+        out = mapped.outputs
         y = out["labels"]
+        if len(y):
+            ctx.record_samples(self.name, mapped.indices,
+                               **{f"correct@{s}": out["set_pred"][:, k] == y for k, s in enumerate(set_names)})
         correct = out["view_correct"]
         res_sets = {}
         for k, s in enumerate(set_names):

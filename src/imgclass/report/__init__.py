@@ -7,9 +7,12 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from .images import data_uri
+
+if TYPE_CHECKING:
+    from ..results import Results
 
 __all__ = ["Report", "Section", "render_report"]
 
@@ -107,39 +110,47 @@ class Report:
         return atomic_write(path, self.to_html())
 
 
-def render_report(results: dict) -> Report:
-    """Build the report of a results.json dict (each probe renders its own section)."""
+SECTIONS: dict[str, Callable[["Results", Report], None]] = {}  # kind -> extra sections (e.g. "train": curves)
+_SECTION_MODULES = {"train": "imgclass.train.report"}  # kind -> the module that fills SECTIONS[kind] on import
+
+
+def render_report(results: "Results | dict") -> Report:
+    """Build the report of a run's results (typed, or a results dict, validated first); each probe renders its own
+    section from its typed result."""
     import matplotlib
 
     matplotlib.use("Agg")
     from ..probes import PROBES
+    from ..results import Results, from_dict
 
-    rep = Report(f"imgclass report: {results.get('model', {}).get('spec', '?')} on {results.get('data', {}).get('spec', '?')}")
-    rep.meta = [
-        ("model", results.get("model", {}).get("spec", "")),
-        ("data", results.get("data", {}).get("spec", "")),
-        ("imgclass", results.get("imgclass_version", "")),
-        ("created", results.get("created", "")),
-        ("seed", results.get("seed", "")),
-    ]
+    r = results if isinstance(results, Results) else from_dict(results)
+    m = r.model.model_dump()
+    d = r.data.model_dump()
+    rep = Report(f"imgclass report: {r.model.spec} on {r.data.spec}")
+    rep.meta = [("model", r.model.spec), ("data", r.data.spec), ("imgclass", r.imgclass_version),
+                ("created", r.created), ("seed", r.seed)]
     summary = rep.section("Summary", "summary")
     rows = []
-    for name, res in results.get("probes", {}).items():
+    for name, res in r.probes.items():
         if name in PROBES:
             rows += [(f"{name}: {k}", v) for k, v in PROBES[name]().summary(res)]
     summary.table(["metric", "value"], rows)
-    m = results.get("model", {})
-    d = results.get("data", {})
+    cfg = m.get("config") or {}
     summary.kv([
-        ("model source", m.get("source", "")), ("model classes", m.get("num_classes", "")),
-        ("input", f"{m.get('config', {}).get('input_size')} mean={m.get('config', {}).get('mean')} "
-                  f"std={m.get('config', {}).get('std')}"),
-        ("dataset samples", d.get("n_samples", "")), ("dataset classes", d.get("n_classes", "")),
-        ("label alignment", results.get("label_alignment", {}).get("method", "")),
+        ("model source", m.get("source") or ""), ("model classes", m.get("num_classes") or ""),
+        ("input", f"{cfg.get('input_size')} mean={cfg.get('mean')} std={cfg.get('std')}"),
+        ("dataset samples", d.get("n_samples", "")), ("dataset classes", d.get("n_classes") or ""),
+        ("label alignment", (getattr(r, "label_alignment", None) or {}).get("method", "")),
     ])
-    for w in results.get("warnings", []):
+    for w in r.warnings:
         summary.warn(w)
-    for name, res in results.get("probes", {}).items():
+    if r.kind not in SECTIONS and r.kind in _SECTION_MODULES:
+        import importlib
+
+        importlib.import_module(_SECTION_MODULES[r.kind])
+    if r.kind in SECTIONS:
+        SECTIONS[r.kind](r, rep)
+    for name, res in r.probes.items():
         if name in PROBES:
             PROBES[name]().render(res, rep.section(PROBES[name].title or name, name))
     return rep

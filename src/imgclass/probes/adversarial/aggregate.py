@@ -40,6 +40,19 @@ def _flags(table: dict, key, n: int) -> torch.Tensor:
     return table[key] if key in table else torch.zeros(n, dtype=torch.bool)
 
 
+def worst_case_flags(rec: Records, plan: Plan) -> dict[str, torch.Tensor]:
+    """eps -> per sample: resisted the ensemble and every bounded attack (clean errors are not robust)."""
+    n = len(rec)
+    worst = {}
+    for k in plan.keys if plan.bounded or plan.ensemble else ():
+        w = rec.correct.clone()
+        for t in [_flags(rec.robust, (a, k), n) for a in plan.bounded] + (
+                [_flags(rec.ensemble, k, n)] if plan.ensemble else []):
+            w &= t
+        worst[k] = w
+    return worst
+
+
 def aggregate(rec: Records, plan: Plan, p: AdversarialParams, *, randomized: bool) -> dict:
     """The result numbers (``robust_accuracy[attack][eps]`` ...) of a run's records."""
     ok = rec.correct
@@ -71,12 +84,7 @@ def aggregate(rec: Records, plan: Plan, p: AdversarialParams, *, randomized: boo
     has_white = any(ATTACKS[m].threat == "white-box" for m in plan.ensemble)
     black_only = ({k: _frac(ensemble_white[k] & ~ensemble[k]) for k in keys}
                   if ran_ens and has_black and has_white else {})
-    worst = {}
-    for k in keys if plan.bounded or ran_ens else ():  # per sample, over the ensemble and every bounded attack
-        w = ok.clone()
-        for t in [robust[(a, k)] for a in plan.bounded] + ([ensemble[k]] if ran_ens else []):
-            w &= t
-        worst[k] = _frac(w)
+    worst = {k: _frac(w) for k, w in worst_case_flags(rec, plan).items()}
     for (a, k), t in rec.seconds.items():
         if a.startswith("ensemble:"):
             secs.setdefault(a, {})[k] = t

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ...models.fast import inference_copy
-from ..base import CliFlag, Probe, ProbeContext, register_probe
+from ..base import CliFlag, Metric, Probe, ProbeContext, ProbeResult, register_probe
 from . import render as _render
-from .aggregate import aggregate, per_sample
+from .aggregate import aggregate, per_sample, worst_case_flags
 from .params import AdversarialParams, parse_eps_list, parse_names
 from .patch import patch_result
 from .run import Aligned, make_attack, make_plan, run_attacks
@@ -23,6 +23,52 @@ def _attacked_model(clf, fast: bool):
     copy = inference_copy(clf)
     info = getattr(copy, "fast_info", None)
     return copy, {"fast": True, **(info.to_dict() if info is not None else {})}
+
+
+class AdversarialResult(ProbeResult):
+    """``robust_accuracy@EPS``: the per-sample worst case over the ensemble and every bounded attack run at that
+    epsilon; ``ATTACK@EPS`` each attack's own robust accuracy; the primary number is the largest epsilon's."""
+
+    probe = "adversarial"
+    metrics = (Metric("clean_accuracy", "clean accuracy"), Metric("robust_accuracy", "robust accuracy"),
+               Metric("ensemble", "ensemble robust accuracy"))
+    primary = "robust_accuracy"
+
+    norm: str
+    eps: dict[str, float]
+    n_evaluated: int
+    clean_accuracy: float | None
+    robust_accuracy: dict[str, dict[str, float | None]]
+    worst_case: dict[str, float | None] = {}
+    ensemble_name: str | None = None
+
+    def _largest(self) -> str | None:
+        return max(self.eps, key=self.eps.get) if self.eps else None
+
+    def headline(self) -> dict[str, float | None]:
+        out = {"clean_accuracy": self.clean_accuracy}
+        big = self._largest()
+        out["robust_accuracy"] = self.worst_case.get(big) if big else None
+        for k, v in self.worst_case.items():
+            out[f"robust_accuracy@{k}"] = v
+        for k, v in (self.get("ensemble") or {}).items():
+            out[f"ensemble@{k}"] = v
+        for a, per_eps in self.robust_accuracy.items():
+            for k, v in per_eps.items():
+                out[f"{a}@{k}"] = v
+        return out
+
+    def metric_info(self, key: str) -> Metric:
+        name, _, part = key.partition("@")
+        if part and name not in {m.key for m in self.metrics}:  # ATTACK@EPS
+            return Metric(key, f"{name} robust accuracy @ {part}")
+        return super().metric_info(key)
+
+    def protocol(self, params: dict) -> dict:
+        return {"norm": self.norm, "eps": list(self.eps), "primary_eps": self._largest(),
+                "attacks": list(self.robust_accuracy), "ensemble": self.ensemble_name,
+                "robust_accuracy": "per-sample worst case over the ensemble and every bounded attack run",
+                "n_evaluated": self.n_evaluated, "samples_requested": params.get("samples")}
 
 
 @register_probe
@@ -52,6 +98,7 @@ class AdversarialProbe(Probe):
         CliFlag("--norm", "norm", "threat model of the attacks: linf or l2", lambda s: s.strip().lower()),
     )
     Params = AdversarialParams
+    Result = AdversarialResult
 
     def run(self, ctx: ProbeContext) -> dict:
         p = self.params
@@ -74,6 +121,10 @@ class AdversarialProbe(Probe):
         out = run_attacks(ctx, model, ds, sub_idx, plan, p)
         res = aggregate(out.records, plan, p, randomized=out.randomized)
         res["gallery"] = out.gallery
+        rec = out.records
+        ctx.record_samples(self.name, sub_idx[np.asarray(out.indices, dtype=np.int64)], correct=rec.correct,
+                           **{f"worst@{k}": w for k, w in worst_case_flags(rec, plan).items()},
+                           **{f"robust@{a}@{k}": t for (a, k), t in rec.robust.items()})
         if p.per_sample:
             res["per_sample"] = per_sample(out.records, [ds.sample_id(int(i)) for i in out.indices], plan)
         res.update({"n_selected": int(n), "n_dataset": int(len(full)), "n_skipped": len(out.skipped),
