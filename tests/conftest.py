@@ -101,3 +101,34 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# -- run stores: a fresh SQLite file, and a fresh database on a real PostgreSQL server ---------------------------
+# IMGCLASS_TEST_POSTGRES names a server where tests may CREATE DATABASE (.ci/run starts one); without it the
+# PostgreSQL cases skip here and fail under CI.
+POSTGRES_ENV = "IMGCLASS_TEST_POSTGRES"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A URL of an empty run store on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'runs.db'}"
+        return
+    server = os.environ.get(POSTGRES_ENV)
+    if not server:
+        unavailable(f"no PostgreSQL server: set {POSTGRES_ENV} to a SQLAlchemy URL (.ci/postgres.sh starts one)")
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"imgclass_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -59,3 +59,14 @@ def tiny_classifier(names: list[str], size: int = 32, seed: int = 0) -> Classifi
     return Classifier(TinyNet(len(names)), labels=LabelSpace.from_names(names),
                       config=ModelConfig((3, size, size), (0.5,) * 3, (0.25,) * 3, 1.0, "bilinear"),
                       source="tiny")
+
+
+def lossless_train(n: int, folder: Path) -> Path:
+    """The first ``n`` lossless CIFAR-10 training images as ``folder/train{n}.npz``."""
+    from conftest import mirror_file
+
+    src = np.load(mirror_file("cifar10-lossless/train-first2000.npz"))
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / f"train{n}.npz"
+    np.savez(p, images=src["images"][:n], labels=src["labels"][:n], class_names=src["class_names"])
+    return p

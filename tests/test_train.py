@@ -25,14 +25,7 @@ from imgclass.train.data import EpochBatchSampler
 from imgclass.train.state import LAST, load_training_state, save_training_checkpoint
 
 from conftest import ROOT, mirror_file
-
-
-def lossless_train(n: int, folder: Path) -> Path:
-    """The first ``n`` lossless CIFAR-10 training images as ``folder/train{n}.npz``."""
-    src = np.load(mirror_file("cifar10-lossless/train-first2000.npz"))
-    p = folder / f"train{n}.npz"
-    np.savez(p, images=src["images"][:n], labels=src["labels"][:n], class_names=src["class_names"])
-    return p
+from helpers import lossless_train
 
 
 @pytest.fixture(scope="module")

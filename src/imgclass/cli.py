@@ -41,12 +41,15 @@ def _cmd_eval(args) -> int:
         args.model, args.data, probes=probes, probe_params=params, out=args.out,
         batch_size=args.batch_size, workers=args.workers, device=args.device, limit=args.limit, seed=args.seed,
         on_error=args.on_error, amp=args.amp, fast=not args.no_fast, progress=not args.quiet, command=sys.argv,
+        store=False if args.no_store else (args.store or True),
     )
     if results["settings"]["world_size"] > 1 and not _is_main():
         return EXIT_OK
     _print_summary(results)
     if args.out:
         print(f"\nwrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.html'}")
+    if results.get("run_id") is not None:
+        print(f"recorded as run {results['run_id']} (imgclass runs show {results['run_id']})")
     return EXIT_OK
 
 
@@ -187,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "channels-last; used only when its logits match)")
     e.add_argument("--set", action="append", default=[], metavar="PROBE.PARAM=VALUE", help="probe parameter")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.add_argument("--store", default=None, metavar="URL",
+                   help="record the run in this store, a SQLAlchemy URL (default: $IMGCLASS_STORE, else "
+                        "$IMGCLASS_HOME/runs.db)")
+    e.add_argument("--no-store", action="store_true", help="do not record the run in the run store")
     e.set_defaults(func=_cmd_eval)
     from .probes import PROBES
 

@@ -97,11 +97,16 @@ class Board:
         return sorted(self.rows, key=key)
 
 
-def _protocol_part(protocols: dict, col: Column) -> dict | None:
-    p = (protocols or {}).get(col.probe)
+def _protocol_part(row: dict, col: Column) -> dict | None:
+    """The part of a run's protocol that must agree for its number to share a column: the probe's settings named by
+    the column and the evaluated sample set (the hash of its file list)."""
+    p = (row.get("protocols") or {}).get(col.probe)
     if p is None:
         return None
-    return {k: p.get(k) for k in col.protocol_keys} if col.protocol_keys else p
+    part = {k: p.get(k) for k in col.protocol_keys} if col.protocol_keys else dict(p)
+    files = row.get("files_sha256")
+    part["sample_set"] = files[:12] if files else None
+    return part
 
 
 def leaderboard(store, *, data: str | None, columns: Sequence[str]) -> Board:
@@ -109,13 +114,24 @@ def leaderboard(store, *, data: str | None, columns: Sequence[str]) -> Board:
     cols = [COLUMNS[c] for c in columns]
     if not cols:
         raise UsageError("no leaderboard columns; known: " + ", ".join(COLUMNS.names()))
-    rows = store.metric_rows(data=data, names=sorted({c.key for c in cols}))
+    rows = [r for r in store.metric_rows(data=data, names=sorted({c.key for c in cols}))
+            if data is None or r["data_spec"] == data]  # the exact spec, not every spec that contains it
     # the protocol of a column: the one most of its runs share; runs measured otherwise are listed, not mixed in
+    # (on a tie: the one more models were measured with, then the earliest recorded)
     protocols: dict[str, dict | None] = {}
     for c in cols:
-        seen = Counter(json.dumps(_protocol_part(r["protocols"], c), sort_keys=True)
-                       for r in rows if r["values"].get(c.key) is not None)
-        protocols[c.name] = json.loads(seen.most_common(1)[0][0]) if seen else None
+        runs: Counter = Counter()
+        models: dict[str, set] = {}
+        first: dict[str, int] = {}
+        for r in rows:
+            if r["values"].get(c.key) is None:
+                continue
+            k = json.dumps(_protocol_part(r, c), sort_keys=True)
+            runs[k] += 1
+            models.setdefault(k, set()).add(r["model_group"])
+            first[k] = min(first.get(k, r["id"]), r["id"])
+        best = max(runs, key=lambda k: (runs[k], len(models[k]), -first[k])) if runs else None
+        protocols[c.name] = json.loads(best) if best else None
     groups: dict[str, dict] = {}
     for r in sorted(rows, key=lambda r: (r["created"] or "", r["id"])):
         g = groups.setdefault(r["model_group"], {"group": r["model_group"], "label": r["model_label"] or r["model_spec"],
@@ -127,7 +143,7 @@ def leaderboard(store, *, data: str | None, columns: Sequence[str]) -> Board:
             if v is None:
                 continue
             cell = g["cells"][c.name]
-            if _protocol_part(r["protocols"], c) != protocols[c.name]:
+            if _protocol_part(r, c) != protocols[c.name]:
                 cell.other_protocol.append(r["id"])
                 continue
             cell.values.append(float(v))
