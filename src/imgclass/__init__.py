@@ -1,6 +1,6 @@
 """imgclass: evaluate, explain, stress-test and train image classifiers in one toolkit."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .data import load_dataset  # noqa: E402
 from .models import Classifier, load_model  # noqa: E402

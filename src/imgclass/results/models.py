@@ -19,7 +19,7 @@ from ..errors import ImgclassError
 
 __all__ = ["Metric", "ProbeResult", "Results", "SCHEMA_VERSION", "Number", "ResultsError", "result_type"]
 
-SCHEMA_VERSION = 2  # 1: imgclass 0.1.0; 2: kind, headline, protocols, samples file
+SCHEMA_VERSION = 2  # 1: imgclass 0.1.0; 2 (0.2.0): kind, headline, protocols, samples file
 
 Number = float | int
 

@@ -11,7 +11,7 @@ __all__ = ["UPGRADES", "upgrade"]
 
 
 def _v1_to_v2(d: dict) -> dict:
-    """0.1.0 -> 0.2: runs gain a kind and a (missing) per-sample file; headline numbers and protocols are derived
+    """0.1.0 -> 0.2.0: runs gain a kind and a (missing) per-sample file; headline numbers and protocols are derived
     by the typed results, so nothing else changes."""
     d = dict(d)
     d.setdefault("kind", "eval")
