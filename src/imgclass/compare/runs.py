@@ -114,7 +114,7 @@ def compare(runs: Sequence[RunRef]) -> Comparison:
         if sb is None or so is None:
             missing = base.name if sb is None else other.name
             notes.append(f"no per-sample outputs for {missing} ({SAMPLES_FILE}; written by imgclass eval --out from "
-                         "0.2 on): no flips against it")
+                         "0.2.0 on): no flips against it")
             continue
         f = _flips(base, sb, other, so)
         if f is None:

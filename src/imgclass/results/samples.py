@@ -68,7 +68,7 @@ def read_samples(path: str | os.PathLike) -> SampleTable:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
-        raise ResultsError(f"{p}: no such file (per-sample outputs are written by imgclass eval --out since 0.2)") from None
+        raise ResultsError(f"{p}: no such file (per-sample outputs are written by imgclass eval --out since 0.2.0)") from None
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise ResultsError(f"{p}: not a readable samples file ({e})") from None
     if "sample_id" not in arrays or "label" not in arrays:
