@@ -116,3 +116,18 @@ def test_limit_above_the_dataset_size_warns():
     r = evaluate(clf, ds, probes=["accuracy"], limit=5000, progress=False, workers=0)
     assert r["probes"]["accuracy"]["n_evaluated"] == 20
     assert "--limit 5000 is not below the dataset's 20 samples: every sample was evaluated" in r["warnings"]
+
+
+@pytest.mark.parametrize("probe, param, given, want", [
+    ("adaptation", "methods", "norm", ("norm",)),
+    ("adaptation", "methods", "norm, tent", ("norm", "tent")),
+    ("explanations", "methods", "saliency", ("saliency",)),
+    ("tta", "views", "flip", ("flip",)),
+    ("corruptions", "corruptions", "fog", "fog"),  # the probe takes a string ("common", "all", "fog,frost")
+])
+def test_a_list_parameter_given_as_one_string_is_a_list_of_names(probe, param, given, want):
+    """Invariant (a bug seen with `--set adaptation.methods=norm`, which ran methods 'n', 'o', 'r', 'm'): a string
+    given for a tuple parameter is split at commas, never into characters."""
+    from imgclass.probes import get_probe
+
+    assert getattr(get_probe(probe, **{param: given}).params, param) == want

@@ -110,7 +110,7 @@ class Probe(abc.ABC):
             hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
             raise ParameterError(f"probe {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}{hint}; "
                                  f"parameters: {', '.join(sorted(fields)) or 'none'}")
-        self.params = self.Params(**params)
+        self.params = self.Params(**_listed(self.Params, params))
 
     def param_dict(self) -> dict:
         return to_jsonable(dataclasses.asdict(self.params))
@@ -126,6 +126,25 @@ class Probe(abc.ABC):
     def summary(self, result: ProbeResult) -> list[tuple[str, str]]:
         """(label, value) pairs for the CLI table and the report summary."""
         return []
+
+
+def _listed(params_cls, params: dict) -> dict:
+    """A list parameter given one string (``--set adaptation.methods=norm`` or ``=norm,tent``) becomes the tuple of
+    its comma-separated names, not the characters of the string; parameters that also take a string keep it, and a
+    Params class with its own ``__post_init__`` reads strings itself."""
+    out = dict(params)
+    if hasattr(params_cls, "__post_init__"):
+        return out
+    for f in dataclasses.fields(params_cls):
+        v = out.get(f.name)
+        if not isinstance(v, str):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        takes_str = "str |" in str(f.type) or "| str" in str(f.type) or str(f.type) in ("str", "str | None")
+        if isinstance(default, (tuple, list)) and not takes_str:
+            out[f.name] = tuple(x.strip() for x in v.split(",") if x.strip())
+    return out
 
 
 def to_jsonable(obj: Any) -> Any:
