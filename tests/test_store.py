@@ -239,15 +239,17 @@ def test_metric_rows_read_only_the_store(store_url, tmp_path, store):
     assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 2
     assert all(" schema_version" not in s for s in statements)
     assert [r["id"] for r in rows] == [r.id for r in store.list()]
-    cifar, shape = results.load(CIFAR).headline(), results.load(SHAPE).headline()
+    typed = {CIFAR: results.load(CIFAR), SHAPE: results.load(SHAPE)}
     by_id = {r["id"]: r for r in rows}
-    for run_id, expect in zip(ids, (cifar, shape, cifar)):
-        row = by_id[run_id]
+    for run_id, f in zip(ids, (CIFAR, SHAPE, CIFAR)):
+        row, expect, run = by_id[run_id], typed[f].headline(), store.get(run_id)
         assert row["values"] == {n: expect[n] for n in names if n in expect}
-        assert set(row["protocols"]) == {n.split(".")[0] for n in row["values"]}
+        probes = {n.split(".")[0] for n in row["values"]}
+        assert row["protocols"] == {p: v for p, v in typed[f].protocols().items() if p in probes}
         assert row["seed"] == ids.index(run_id)
-        assert {"model_group", "model_label", "model_spec", "data_spec", "created", "results_path",
-                "report_path"} <= set(row)
+        for key in ("model_group", "model_label", "model_spec", "data_spec", "files_sha256", "created",
+                    "results_path", "report_path"):
+            assert row[key] == getattr(run, key), key
     assert {r["id"] for r in store.metric_rows(data="CIFAR10", names=names)} == {ids[0], ids[2]}
     assert store.metric_rows(data=None, names=["no.such"]) == [] and store.metric_rows(data=None, names=[]) == []
 

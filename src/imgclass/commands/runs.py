@@ -50,9 +50,10 @@ def add_runs_subcommands(runs_sub) -> None:
     store_argument(imp)
     imp.set_defaults(func=_import)
 
-    from .leaderboard import add_compare
+    from .leaderboard import add_compare  # `runs compare` lives beside the leaderboard
 
-    add_compare(runs_sub)
+    if "compare" not in runs_sub.choices:
+        add_compare(runs_sub)
 
 
 def _open(args):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -56,7 +57,7 @@ class Store:
         metrics = [{"name": k, "value": None if v is None else float(v)} for k, v in run.headline.items()]
 
         def insert(conn: sa.Connection) -> int:
-            run_id = int(conn.execute(RUNS.insert().values(**row)).inserted_primary_key[0])
+            run_id = int(conn.execute(RUNS.insert(), row).inserted_primary_key[0])
             if metrics:
                 conn.execute(METRICS.insert(), [{"run_id": run_id, **m} for m in metrics])
             return run_id
@@ -165,9 +166,10 @@ class Store:
     def metric_rows(self, *, data: str | None, names: Sequence[str]) -> list[dict]:
         """For leaderboards: one dict per run that has any of the metrics ``names`` (``PROBE.METRIC``), newest first.
 
-        Each holds the run's id, model (group, label, spec), seed, data spec, created, results/report paths, the
-        protocols of the probes those metrics belong to, and ``values`` {name: float or None} for the names the run
-        has. ``data`` filters like :meth:`list`. Reads the runs and metrics tables only."""
+        Each holds the run's id, model (group, label, spec), seed, data spec, files sha256, created, results/report
+        paths, the protocols of the probes those metrics belong to (shared between rows with equal protocols: read
+        them, do not change them), and ``values`` {name: float or None} for the names the run has. ``data`` filters
+        like :meth:`list`. Two queries on the runs and metrics tables, never the results files."""
         names = list(dict.fromkeys(names))
         if not names:
             return []
@@ -176,25 +178,32 @@ class Store:
         values_q = (sa.select(METRICS.c.run_id, METRICS.c.name, METRICS.c.value).select_from(joined)
                     .where(*where).order_by(METRICS.c.id))
         run_cols = [RUNS.c.id, RUNS.c.model_group, RUNS.c.model_label, RUNS.c.model_spec, RUNS.c.seed,
-                    RUNS.c.data_spec, RUNS.c.created, RUNS.c.results_path, RUNS.c.report_path, RUNS.c.protocols]
+                    RUNS.c.data_spec, RUNS.c.files_sha256, RUNS.c.created, RUNS.c.results_path, RUNS.c.report_path]
+        # protocols as text: runs with the same protocols (the common case) are parsed once
         having = sa.select(METRICS.c.run_id).where(METRICS.c.name.in_(names)).distinct()
-        runs_q = (sa.select(*run_cols).where(RUNS.c.id.in_(having), *_filters(data=data))
+        runs_q = (sa.select(*run_cols, sa.cast(RUNS.c.protocols, sa.Text))
+                  .where(RUNS.c.id.in_(having), *_filters(data=data))
                   .order_by(RUNS.c.created_key.desc(), RUNS.c.id.desc()))
 
         def read(conn: sa.Connection) -> tuple[list, list]:
-            return conn.execute(runs_q).mappings().all(), conn.execute(values_q).all()
+            return conn.execute(runs_q).all(), conn.execute(values_q).all()
 
         runs, values = read_transaction(self._engine, read)
         by_run: dict[int, dict[str, float | None]] = {}
         for run_id, name, value in values:
             by_run.setdefault(run_id, {})[name] = value
         probes = list(dict.fromkeys(n.split(".", 1)[0] for n in names))
+        keys = [c.name for c in run_cols]
+        parsed: dict[str | None, dict] = {None: {}}
         rows = []
-        for r in runs:
-            d = dict(r)
-            protocols = d.pop("protocols") or {}
-            d["protocols"] = {p: protocols[p] for p in probes if p in protocols}
-            d["values"] = by_run.get(r["id"], {})
+        for *cols, protocols_text in runs:
+            protocols = parsed.get(protocols_text)
+            if protocols is None:
+                full = json.loads(protocols_text) or {}
+                protocols = parsed[protocols_text] = {p: full[p] for p in probes if p in full}
+            d = dict(zip(keys, cols))
+            d["protocols"] = protocols
+            d["values"] = by_run.get(d["id"], {})
             rows.append(d)
         return rows
 

@@ -104,18 +104,25 @@ def migrate(engine: sa.Engine, *, shown_url: str, migrations: list | None = None
     migrations = MIGRATIONS if migrations is None else migrations
     known = len(migrations)
 
+    def check(version: int) -> None:
+        if version > known:
+            raise ImgclassError(f"run store {shown_url} has schema version {version}, newer than this imgclass "
+                                f"knows (up to {known}): upgrade imgclass")
+
     def run(conn: sa.Connection) -> int:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
         version = stored_version(conn)
-        if version > known:
-            raise ImgclassError(f"run store {shown_url} has schema version {version}, newer than this imgclass "
-                                f"knows (up to {known}): upgrade imgclass")
+        check(version)
         for v in range(version, known):
             migrations[v](conn)
             conn.execute(SCHEMA_VERSION_TABLE.insert().values(version=v + 1, applied=_now()))
         return known
 
+    current = read_transaction(engine, stored_version)  # up to date: no write lock taken
+    check(current)
+    if current == known:
+        return known
     for attempt in range(3):
         try:
             return write_transaction(engine, run)
