@@ -93,7 +93,7 @@ def test_eval_help_metavars_name_the_parameter():
 def test_report_of_a_missing_or_malformed_file_is_one_line(tmp_path, capsys):
     (tmp_path / "bad.json").write_text('{"a":')
     (tmp_path / "list.json").write_text("[1]")
-    for name, words in [("none.json", "no such file"), ("bad.json", "not a results.json"),
+    for name, words in [("none.json", "no such file"), ("bad.json", "truncated"),
                         ("list.json", "not a results.json of imgclass")]:
         assert main(["report", str(tmp_path / name)]) == 1
         assert words in _one_line(capsys.readouterr().err)

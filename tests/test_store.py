@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,34 +37,7 @@ from imgclass.store.schema import normalize_url
 FIXTURES = Path(__file__).parent / "data" / "results-0.1.0"
 CIFAR = FIXTURES / "cifar10-resnet20.json"
 SHAPE = FIXTURES / "cue-conflict-mobilenet.json"
-BACKENDS = ["sqlite", "postgresql"]
-PG_ENV = "IMGCLASS_TEST_POSTGRES"
-
-
-def _postgres_server() -> str:
-    server = os.environ.get(PG_ENV)
-    if not server:
-        pytest.skip(f"{PG_ENV} is not set (a PostgreSQL URL where tests may CREATE DATABASE; "
-                    "`.ci/postgres.sh start DIR` starts a server and prints it)")
-    return normalize_url(server)
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request, tmp_path):
-    """A fresh, empty store: a SQLite file, or a uniquely named PostgreSQL database dropped afterwards."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'runs.db'}"
-        return
-    admin = sa.create_engine(_postgres_server(), isolation_level="AUTOCOMMIT")
-    name = f"imgclass_test_{uuid.uuid4().hex[:16]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield sa.make_url(_postgres_server()).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+BACKENDS = ["sqlite", "postgresql"]  # store_url (conftest) gives a fresh store on each
 
 
 @pytest.fixture

@@ -225,12 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
-    """``--debug`` before or after the subcommand: tracebacks behind one-line errors."""
+    """``--debug`` before or after the subcommand (nested ones too: ``runs list --debug``): tracebacks behind
+    one-line errors."""
     for action in parser._actions:  # argparse keeps its subparsers here; no public accessor
         if isinstance(action, argparse._SubParsersAction):
             for sp in action.choices.values():
-                sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                                help="show the traceback behind an error")
+                if "--debug" not in sp._option_string_actions:
+                    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                    help="show the traceback behind an error")
+                _add_debug_flag(sp)
 
 
 def main(argv: list[str] | None = None) -> int:

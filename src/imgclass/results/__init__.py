@@ -37,14 +37,15 @@ def load(path: str | os.PathLike) -> Results:
         raise ResultsError(f"{p}: {what} ({e.msg} at line {e.lineno} column {e.colno})") from None
     except UnicodeDecodeError as e:
         raise ResultsError(f"{p}: not a text file ({e.reason})") from None
-    return from_dict(raw, source=str(p))
+    return from_dict(raw, source=str(p), _owned=True)
 
 
-def from_dict(raw: Any, *, source: str = "results") -> Results:
-    """Validate a results dict (as ``evaluate`` returns it or results.json holds it), upgrading older versions."""
+def from_dict(raw: Any, *, source: str = "results", _owned: bool = False) -> Results:
+    """Validate a results dict (as ``evaluate`` returns it or results.json holds it), upgrading older versions;
+    ``raw`` is not changed."""
     if not isinstance(raw, dict) or "probes" not in raw:
         raise ResultsError(f"{source}: not a results.json of imgclass (no 'probes' entry)")
-    data = upgrade(raw, source=source)
+    data = upgrade(raw, source=source, copy_input=not _owned)
     probes = data.get("probes")
     if isinstance(probes, dict):  # each probe by its own class, so that errors name the probe
         typed = {}

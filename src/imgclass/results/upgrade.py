@@ -25,8 +25,9 @@ def _v1_to_v2(d: dict) -> dict:
 UPGRADES: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}
 
 
-def upgrade(raw: dict, *, source: str = "results") -> dict:
-    """Bring a results dict to the current schema version (a copy; the input is not changed)."""
+def upgrade(raw: dict, *, source: str = "results", copy_input: bool = True) -> dict:
+    """Bring a results dict to the current schema version (a copy, unless ``copy_input`` is False for a dict nobody
+    else holds, e.g. one just parsed from a file)."""
     v = raw.get("schema_version")
     if not isinstance(v, int) or isinstance(v, bool):
         raise ResultsError(f"{source}: no schema_version (not a results.json of imgclass?)")
@@ -35,7 +36,7 @@ def upgrade(raw: dict, *, source: str = "results") -> dict:
                             f"(up to {SCHEMA_VERSION}): upgrade imgclass")
     if v < 1 or any(k not in UPGRADES for k in range(v, SCHEMA_VERSION)):
         raise ResultsError(f"{source}: unknown results schema version {v} (known: 1..{SCHEMA_VERSION})")
-    d = copy.deepcopy(raw) if v < SCHEMA_VERSION else dict(raw)
+    d = copy.deepcopy(raw) if v < SCHEMA_VERSION and copy_input else dict(raw)
     for k in range(v, SCHEMA_VERSION):
         d = UPGRADES[k](d)
     d.pop("headline", None)  # derived on load from the typed results
