@@ -1,4 +1,4 @@
-"""Run store benchmark: importing many results.json files, and the leaderboard's query over them.
+"""Run store benchmark: importing many results.json files, and the leaderboard (query and HTML) over them.
 
 Writes ``--runs`` results.json files made from the 0.1.0 fixtures (tests/data/results-0.1.0: a CIFAR-10 ResNet-20
 run with seven probes and a shape-bias run), each with its own model spec, seed, creation time and headline
@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from imgclass.compare.leaderboard import board_html, leaderboard
 from imgclass.store import open_store
 
 FIXTURES = ROOT / "tests" / "data" / "results-0.1.0"
@@ -74,6 +75,16 @@ def time_query(store, *, data: str | None, repeats: int) -> dict:
             "peak_python_mib": peak / 2**20}
 
 
+def time_board(store, *, data: str | None) -> dict:
+    """The whole leaderboard: the query, grouping and protocol agreement, and the HTML page."""
+    t0 = time.perf_counter()
+    board = leaderboard(store, data=data, columns=["clean", "adversarial", "corruptions", "calibration", "shape_bias"])
+    t1 = time.perf_counter()
+    page = board_html(board)
+    t2 = time.perf_counter()
+    return {"rows": len(board.rows), "board_s": t1 - t0, "html_s": t2 - t1, "html_mib": len(page) / 2**20}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=10_000)
@@ -109,6 +120,9 @@ def main() -> None:
                 print(f"  metric_rows(data={data!r}, {len(NAMES)} names) over {done} runs: {q['rows']} rows, "
                       f"best {q['best_s'] * 1000:.0f} ms, median {q['median_s'] * 1000:.0f} ms, "
                       f"peak Python memory {q['peak_python_mib']:.1f} MiB")
+            b = time_board(store, data=None)
+            print(f"  leaderboard over {done} runs: {b['rows']} models, aggregated in {b['board_s'] * 1000:.0f} ms, "
+                  f"HTML ({b['html_mib']:.1f} MiB) in {b['html_s'] * 1000:.0f} ms")
             t0 = time.perf_counter()
             n = len(store.list())
             print(f"  list() of all {n} runs: {(time.perf_counter() - t0) * 1000:.0f} ms")

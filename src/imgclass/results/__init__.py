@@ -16,7 +16,7 @@ from .models import SCHEMA_VERSION, Metric, ProbeResult, Results, ResultsError, 
 from .samples import SAMPLES_FILE, SampleTable, read_samples, write_samples
 from .upgrade import UPGRADES, upgrade
 
-__all__ = ["load", "from_dict", "Results", "ProbeResult", "Metric", "SCHEMA_VERSION", "result_type", "json_schema",
+__all__ = ["load", "load_bytes", "from_dict", "Results", "ProbeResult", "Metric", "SCHEMA_VERSION", "result_type", "json_schema",
            "SCHEMA_FILE", "SampleTable", "SAMPLES_FILE", "read_samples", "write_samples", "upgrade", "UPGRADES",
            "ResultsError"]
 
@@ -30,14 +30,19 @@ def load(path: str | os.PathLike) -> Results:
         p = p / "results.json"
     if not p.is_file():
         raise ResultsError(f"{p}: no such file (give a results.json that `imgclass eval --out DIR` wrote, or DIR)")
+    return load_bytes(p.read_bytes(), source=str(p))
+
+
+def load_bytes(data: bytes, *, source: str = "results") -> Results:
+    """Read, upgrade and validate the bytes of a results.json (``source`` names it in errors)."""
     try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
+        raw = json.loads(data.decode("utf-8"))
     except json.JSONDecodeError as e:
         what = "truncated" if e.pos >= len(e.doc.rstrip()) else "not valid JSON"
-        raise ResultsError(f"{p}: {what} ({e.msg} at line {e.lineno} column {e.colno})") from None
+        raise ResultsError(f"{source}: {what} ({e.msg} at line {e.lineno} column {e.colno})") from None
     except UnicodeDecodeError as e:
-        raise ResultsError(f"{p}: not a text file ({e.reason})") from None
-    return from_dict(raw, source=str(p), _owned=True)
+        raise ResultsError(f"{source}: not a text file ({e.reason})") from None
+    return from_dict(raw, source=source, _owned=True)
 
 
 def from_dict(raw: Any, *, source: str = "results", _owned: bool = False) -> Results:

@@ -19,6 +19,7 @@ from .schema import METRICS, RUNS, migrate, read_transaction, redact, write_tran
 __all__ = ["DuplicateRunError", "Store", "connect"]
 
 _RUN_FIELDS = [f for f in RunRecord.__dataclass_fields__ if f not in ("id", "headline")]
+IMPORT_CHUNK = 200  # results files per transaction in import_paths
 _CHUNK = 500  # ids per IN (...) (SQLite's variable limit is far above; PostgreSQL's plans stay simple)
 
 
@@ -50,26 +51,43 @@ class Store:
 
     def record(self, run: RunRecord) -> int:
         """Add a run and its headline metrics in one transaction; the new run's id."""
-        row = {k: getattr(run, k) for k in _RUN_FIELDS}
-        row["probes"] = list(run.probes)
-        row["created_key"] = created_key(run.created)
-        row["probe_index"] = "," + ",".join(p.lower() for p in run.probes) + ","
-        metrics = [{"name": k, "value": None if v is None else float(v)} for k, v in run.headline.items()]
-
-        def insert(conn: sa.Connection) -> int:
-            run_id = int(conn.execute(RUNS.insert(), row).inserted_primary_key[0])
-            if metrics:
-                conn.execute(METRICS.insert(), [{"run_id": run_id, **m} for m in metrics])
-            return run_id
-
         try:
-            return write_transaction(self._engine, insert)
+            return self.record_many([run])[0]
         except sa_exc.IntegrityError:
             existing = self.find_results(run.results_sha256) if run.results_sha256 else None
             if existing is None:
                 raise
             raise DuplicateRunError(f"{run.results_path or 'these results'} are already in the store as run "
                                     f"{existing}", existing) from None
+
+    def record_many(self, runs: Sequence[RunRecord]) -> list[int]:
+        """Add runs and their metrics in one transaction (all or none); their new ids, in order."""
+        rows = []
+        for run in runs:
+            row = {k: getattr(run, k) for k in _RUN_FIELDS}
+            row["probes"] = list(run.probes)
+            row["created_key"] = created_key(run.created)
+            row["probe_index"] = "," + ",".join(p.lower() for p in run.probes) + ","
+            rows.append((row, [{"name": k, "value": None if v is None else float(v)} for k, v in run.headline.items()]))
+
+        def insert(conn: sa.Connection) -> list[int]:
+            ids, metrics = [], []
+            for row, ms in rows:
+                run_id = int(conn.execute(RUNS.insert(), row).inserted_primary_key[0])
+                ids.append(run_id)
+                metrics += [{"run_id": run_id, **m} for m in ms]
+            if metrics:
+                conn.execute(METRICS.insert(), metrics)
+            return ids
+
+        return write_transaction(self._engine, insert) if rows else []
+
+    def find_many(self, digests: Sequence[str]) -> dict[str, int]:
+        """``results_sha256 -> run id`` of the digests already in the store."""
+        if not digests:
+            return {}
+        q = sa.select(RUNS.c.results_sha256, RUNS.c.id).where(RUNS.c.results_sha256.in_(list(digests)))
+        return dict(read_transaction(self._engine, lambda conn: conn.execute(q).all()))
 
     def remove(self, run_id: int) -> None:
         """Delete a run and (by cascade) its metrics."""
@@ -88,7 +106,7 @@ class Store:
         in the store. ``on_record(run_id, path)`` is called after each file is recorded."""
         from tqdm.auto import tqdm
 
-        from ..results import load
+        from ..results import load_bytes
 
         files: list[Path] = []
         skipped: list[tuple[str, str]] = []
@@ -104,32 +122,47 @@ class Store:
             else:
                 skipped.append((str(p), "no such file or folder"))
         ids: list[int] = []
-        for f in tqdm(files, desc="import", unit="file", disable=not progress, leave=False, dynamic_ncols=True):
+        bar = tqdm(total=len(files), desc="import", unit="file", disable=not progress, leave=False, dynamic_ncols=True)
+        for start in range(0, len(files), IMPORT_CHUNK):  # one query and one transaction per chunk, not per file
+            chunk = files[start:start + IMPORT_CHUNK]
+            texts: dict[Path, tuple[str, bytes]] = {}
+            for f in chunk:
+                try:
+                    data = f.read_bytes()
+                except OSError as e:
+                    skipped.append((str(f), f"unreadable ({e.strerror or e})"))
+                    continue
+                texts[f] = (hashlib.sha256(data).hexdigest(), data)
+            known = self.find_many([d for d, _ in texts.values()])
+            pending: list[tuple[Path, RunRecord]] = []
+            for f, (digest, data) in texts.items():
+                if digest in known:
+                    skipped.append((str(f), f"already in the store as run {known[digest]}"))
+                    continue
+                try:
+                    run = record_from_results(load_bytes(data, source=str(f)), f)
+                except ImgclassError as e:
+                    skipped.append((str(f), _strip_source(str(e), f)))
+                    continue
+                run.results_sha256 = digest  # the bytes we checked, even if the file changed since
+                known[digest] = -1  # the same file twice in one import
+                pending.append((f, run))
             try:
-                digest = hashlib.sha256(f.read_bytes()).hexdigest()
-            except OSError as e:
-                skipped.append((str(f), f"unreadable ({e.strerror or e})"))
-                continue
-            existing = self.find_results(digest)
-            if existing is not None:
-                skipped.append((str(f), f"already in the store as run {existing}"))
-                continue
-            try:
-                run = record_from_results(load(f), f)
-            except ImgclassError as e:
-                skipped.append((str(f), _strip_source(str(e), f)))
-                continue
-            except OSError as e:
-                skipped.append((str(f), f"unreadable ({e.strerror or e})"))
-                continue
-            run.results_sha256 = digest  # the bytes we checked, even if the file changed since
-            try:
-                ids.append(self.record(run))
-            except DuplicateRunError as e:  # another process indexed it meanwhile
-                skipped.append((str(f), f"already in the store as run {e.run_id}"))
-                continue
-            if on_record is not None:
-                on_record(ids[-1], str(f))
+                new = self.record_many([r for _, r in pending])
+            except sa_exc.IntegrityError:  # another process indexed some of them meanwhile: one at a time
+                new = []
+                for f, r in list(pending):
+                    try:
+                        new.append(self.record(r))
+                    except DuplicateRunError as e:
+                        skipped.append((str(f), f"already in the store as run {e.run_id}"))
+                        pending.remove((f, r))
+            for (f, _), run_id in zip(pending, new):
+                ids.append(run_id)
+                if on_record is not None:
+                    on_record(run_id, str(f))
+            bar.update(len(chunk))
+        bar.close()
         return ids, skipped
 
     # -- reading --------------------------------------------------------------------------------------------------
