@@ -14,7 +14,8 @@ def add_command(sub) -> None:
         "train", help="train a classifier with a recipe; resumable; torchrun for many processes",
         description="Train with a recipe (YAML of settings), overridden by --set. The resolved settings are "
                     "written to OUT/config.yaml; checkpoints (OUT/last.safetensors, best.safetensors) load with "
-                    "`imgclass eval file:OUT/best.safetensors ...`. Rerunning the same command resumes (also after "
+                    "`imgclass eval file:OUT/best.safetensors ...`; OUT/results.json and OUT/report.html hold the final "
+                    "validation, the curves and the history, and the run is recorded in the run store. Rerunning the same command resumes (also after "
                     f"Ctrl-C). Shipped recipes: {', '.join(list_recipes())}.",
     )
     p.add_argument("data", nargs="?", help="training dataset spec (default: the recipe's)")
@@ -24,6 +25,10 @@ def add_command(sub) -> None:
     p.add_argument("--val", help="validation dataset spec (default: the recipe's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run in OUT")
+    st = p.add_mutually_exclusive_group()
+    st.add_argument("--store", metavar="URL", help="record the run in this run store (a SQLAlchemy URL; default: "
+                                                   "$IMGCLASS_STORE, else $IMGCLASS_HOME/runs.db)")
+    st.add_argument("--no-store", action="store_true", help="do not record the run in the run store")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--list-settings", action="store_true",
                    help="print every setting as this command resolves it (defaults < recipe < command line < --set), "
@@ -32,6 +37,7 @@ def add_command(sub) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
     from ..errors import UsageError
@@ -47,9 +53,14 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--out is required: the run folder for checkpoints, config.yaml and logs")
     if args.no_resume and (Path(args.out) / "last.safetensors").exists():
         raise UsageError(f"{args.out} already holds a run (remove --no-resume to continue it)")
-    result = train(cfg, args.out, resume=not args.no_resume, progress=not args.quiet)
+    store = False if args.no_store else (args.store or True)
+    result = train(cfg, args.out, resume=not args.no_resume, progress=not args.quiet, store=store,
+                   command=sys.argv)
     best = result["best_val_top1"]
     print(f"done: {args.out}" + (f", best validation top-1 {best:.4f}" if best is not None else ""))
+    if result["results"] is not None:
+        recorded = f" (run {result['run_id']} in the store)" if result["run_id"] is not None else ""
+        print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.html'}{recorded}")
     return 0
 
 

@@ -97,15 +97,16 @@ def _tensorboard(run: _Run):
     return SummaryWriter(str(run.out / "tensorboard"))
 
 
-def validate(clf: Classifier, ds, cfg: TrainConfig, run: _Run) -> dict:
-    """The eval probes on the validation set (all ranks take part; figures identical on each)."""
+def validate(clf: Classifier, ds, cfg: TrainConfig, run: _Run) -> tuple[dict, dict]:
+    """The eval probes on the validation set (all ranks take part; figures identical on each): each probe's result
+    and the engine's settings."""
     engine = Engine(clf, batch_size=max(cfg.batch_size, 128), workers=cfg.workers, device=str(run.device),
                     progress=False, dist=run.dist, channels_last=cfg.channels_last)
     was_training = clf.training
     ctx = ProbeContext(clf, ds, engine, seed=cfg.seed)
     out = {name: get_probe(name).run(ctx) for name in cfg.probes}
     clf.train(was_training)
-    return out
+    return out, engine.settings()
 
 
 def _summary(results: dict) -> dict:
@@ -138,17 +139,23 @@ def _load_train_data(cfg: TrainConfig, run: _Run, out: Path):
     return full.subset(idx), info
 
 
-def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: bool = True) -> dict:
+def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: bool = True,
+          store: str | bool | None = True, command: list[str] | None = None) -> dict:
     """Train per ``cfg`` into ``out``; resumes from ``out/last.safetensors`` if present.
 
-    Returns the history, the best validation top-1, the number of optimizer updates done and ``classifier``: the
-    trained model in memory (the EMA weights when ``ema`` is on), as the checkpoints hold it.
+    A run that trains (to its end or to ``max_steps``) writes ``out/results.json`` (kind ``"train"``: the final
+    validation's probe results, the history, the settings) and ``out/report.html``, and is recorded in the run
+    store (``store``: True for the default store, a SQLAlchemy URL, False for none); rank 0 only.
+    Returns the history, the best validation top-1, the number of optimizer updates done, ``classifier``: the
+    trained model in memory (the EMA weights when ``ema`` is on), as the checkpoints hold it, ``results`` (the
+    results.json content, None when nothing was trained) and ``run_id`` (the store's, or None).
     """
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
 
     out = Path(out)
+    started = time.perf_counter()
     run = _Run(cfg, out, progress)
     if not cfg.data:
         raise UsageError("no training data: give DATA or set data=... in the recipe")
@@ -179,9 +186,11 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
     if steps_per_epoch == 0:
         raise UsageError(f"{len(train_ds)} training images are fewer than one global batch "
                          f"({cfg.batch_size} x {world}); lower batch_size or set drop_last=false")
+    notes: list[str] = []  # the run's warnings, for results.json
     if sampler0.dropped:
-        _say(run, f"drops the last {sampler0.dropped} images of each epoch (batch {cfg.batch_size} x {world} "
-                  f"process{'es' if world > 1 else ''}); set drop_last=false to train them too")
+        notes.append(f"drops the last {sampler0.dropped} images of each epoch (batch {cfg.batch_size} x {world} "
+                     f"process{'es' if world > 1 else ''}); set drop_last=false to train them too")
+        _say(run, notes[-1])
     updates_per_epoch = math.ceil(steps_per_epoch / cfg.accum_steps)
     optimizer = create_optimizer_v2(clf.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum, filter_bias_and_bn=cfg.no_wd_norm_bias)
@@ -273,6 +282,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
 
     stopped = reached_max_steps() and start_epoch < cfg.epochs
     bar = None
+    rows_done = 0  # epochs (or their parts) trained by this call
+    validation = None  # the latest row's validation: probe results, engine settings, epoch, whether it set the best
     try:
         for epoch in range(start_epoch, cfg.epochs):
             if reached_max_steps():
@@ -358,16 +369,21 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
                    "seconds": round(seconds, 3), "images_per_second": (images - skipped) / seconds if seconds > 0 else None}
             if not finished:
                 row["stopped"] = f"max_steps at step {done_step}/{steps_per_epoch}"
-            metrics = {}
+            metrics, validation = {}, None
             due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
             if val_ds is not None and ((finished and due) or stopped):
                 evaluated = ema.module if ema is not None else clf
-                metrics = _summary(validate(evaluated, val_ds, cfg, run))
+                probed, val_settings = validate(evaluated, val_ds, cfg, run)
+                metrics = _summary(probed)
                 row.update(metrics)
+                validation = {"results": probed, "settings": val_settings, "epoch": epoch + 1}
             history.append(row)
+            rows_done += 1
             score = metrics.get("val_top1", -1.0)
             is_best = score > best
             best = max(best, score)
+            if validation is not None:
+                validation["is_best"] = is_best
             checkpoint(epoch, done_step, metrics, is_best=is_best and val_ds is not None)
             run.log(row, history, writer)
             start_step = 0
@@ -384,8 +400,19 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
     if stopped:
         _say(run, f"stopped at max_steps={cfg.max_steps} ({num_updates} updates); rerun with a larger max_steps "
                   "(or max_steps=none) to continue")
+    results, run_id = None, None
+    if rows_done and run.dist.is_main:
+        from .report import run_results, write_run
+
+        typed = run_results(out, cfg=cfg, history=history, validation=validation, best=best,
+                            num_updates=num_updates, stopped=f"max_steps={cfg.max_steps}" if stopped else None,
+                            train_ds=train_ds, val_ds=val_ds, subset_info=subset_info, dist=run.dist,
+                            device=run.device, seconds=time.perf_counter() - started, warnings=notes,
+                            command=command)
+        results, run_id = write_run(out, typed, store=store)
     return {"history": history, "best_val_top1": best if best >= 0 else None, "out": str(out),
-            "num_updates": num_updates, "classifier": ema.module if ema is not None else clf}
+            "num_updates": num_updates, "classifier": ema.module if ema is not None else clf,
+            "results": results, "run_id": run_id}
 
 
 def _sum_over_ranks(value: int, run: _Run) -> int:
