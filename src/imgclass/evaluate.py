@@ -21,10 +21,11 @@ from .models import Classifier, load_model
 from .probes import PROBES, ProbeContext, get_probe, to_jsonable
 from .results import SAMPLES_FILE, SCHEMA_VERSION, SampleTable, from_dict, write_samples
 
-__all__ = ["evaluate", "SCHEMA_VERSION", "write_json", "record_run"]
+__all__ = ["evaluate", "SCHEMA_VERSION", "write_json", "record_run", "environment"]
 
 
-def _environment(engine: Engine) -> dict:
+def environment(engine: Engine) -> dict:
+    """Versions and machine facts a run records (Python, torch, timm, platform, threads, the GPU's name)."""
     import timm
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
@@ -112,7 +113,7 @@ def evaluate(
                  **({"subset": subset, "n_samples_full": len(full)} if subset else {})},
         "label_alignment": alignment.to_dict(),
         "settings": engine.settings(),
-        "environment": _environment(engine),
+        "environment": environment(engine),
         "probe_params": {name: p.param_dict() for name, p in instances.items()},
         "probes": {},
         "timing": {},

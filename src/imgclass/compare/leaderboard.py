@@ -114,7 +114,8 @@ def leaderboard(store, *, data: str | None, columns: Sequence[str]) -> Board:
     cols = [COLUMNS[c] for c in columns]
     if not cols:
         raise UsageError("no leaderboard columns; known: " + ", ".join(COLUMNS.names()))
-    rows = [r for r in store.metric_rows(data=data, names=sorted({c.key for c in cols}))
+    # eval runs only: a training run's numbers are its validation monitor, on other data than its data spec
+    rows = [r for r in store.metric_rows(data=data, names=sorted({c.key for c in cols}), kind="eval")
             if data is None or r["data_spec"] == data]  # the exact spec, not every spec that contains it
     # the protocol of a column: the one most of its runs share; runs measured otherwise are listed, not mixed in
     # (on a tie: the one more models were measured with, then the earliest recorded)

@@ -196,17 +196,17 @@ class Store:
         q = sa.select(RUNS.c.id).where(RUNS.c.results_sha256 == results_sha256).limit(1)
         return read_transaction(self._engine, lambda conn: conn.execute(q).scalar())
 
-    def metric_rows(self, *, data: str | None, names: Sequence[str]) -> list[dict]:
+    def metric_rows(self, *, data: str | None, names: Sequence[str], kind: str | None = None) -> list[dict]:
         """For leaderboards: one dict per run that has any of the metrics ``names`` (``PROBE.METRIC``), newest first.
 
         Each holds the run's id, model (group, label, spec), seed, data spec, files sha256, created, results/report
         paths, the protocols of the probes those metrics belong to (shared between rows with equal protocols: read
         them, do not change them), and ``values`` {name: float or None} for the names the run has. ``data`` filters
-        like :meth:`list`. Two queries on the runs and metrics tables, never the results files."""
+        like :meth:`list`, ``kind`` too. Two queries on the runs and metrics tables, never the results files."""
         names = list(dict.fromkeys(names))
         if not names:
             return []
-        where = [METRICS.c.name.in_(names), *_filters(data=data)]
+        where = [METRICS.c.name.in_(names), *_filters(data=data, kind=kind)]
         joined = METRICS.join(RUNS, RUNS.c.id == METRICS.c.run_id)
         values_q = (sa.select(METRICS.c.run_id, METRICS.c.name, METRICS.c.value).select_from(joined)
                     .where(*where).order_by(METRICS.c.id))
@@ -215,7 +215,7 @@ class Store:
         # protocols as text: runs with the same protocols (the common case) are parsed once
         having = sa.select(METRICS.c.run_id).where(METRICS.c.name.in_(names)).distinct()
         runs_q = (sa.select(*run_cols, sa.cast(RUNS.c.protocols, sa.Text))
-                  .where(RUNS.c.id.in_(having), *_filters(data=data))
+                  .where(RUNS.c.id.in_(having), *_filters(data=data, kind=kind))
                   .order_by(RUNS.c.created_key.desc(), RUNS.c.id.desc()))
 
         def read(conn: sa.Connection) -> tuple[list, list]:

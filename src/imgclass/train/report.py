@@ -46,7 +46,7 @@ def run_results(out: Path, *, cfg: TrainConfig, history: list[dict], validation:
     """
     from .. import __version__
     from ..engine import Engine
-    from ..evaluate import _environment
+    from ..evaluate import environment
     from ..models import load_model
     from ..probes import get_probe, to_jsonable
     from ..results import SCHEMA_VERSION, from_dict
@@ -80,7 +80,7 @@ def run_results(out: Path, *, cfg: TrainConfig, history: list[dict], validation:
                      "channels_last": cfg.channels_last, "batch_size": cfg.batch_size,
                      "accum_steps": cfg.accum_steps, "workers": cfg.workers,
                      "validation": validation["settings"] if validation is not None else None},
-        "environment": _environment(engine),
+        "environment": environment(engine),
         "probe_params": {p: get_probe(p).param_dict() for p in probes},
         "probes": probes,
         "timing": {"train_seconds": sum(float(row.get("seconds") or 0.0) for row in history),
