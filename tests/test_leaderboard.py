@@ -168,6 +168,10 @@ def test_compare_lists_exactly_the_samples_whose_correctness_differs(zoo_runs, s
     assert set(f.a_right_b_wrong) == {s for s in sample_ids if ra[s] and not rb[s]}
     assert set(f.a_wrong_b_right) == {s for s in sample_ids if rb[s] and not ra[s]}
     assert f.a_right_b_wrong and f.a_wrong_b_right  # the two models differ on this subset
+    for s in f.a_right_b_wrong:  # the gallery's captions: each run's predicted class
+        assert f.predicted[s][0] == f.labels[s] != f.predicted[s][1]
+    for s in f.a_wrong_b_right:
+        assert f.predicted[s][1] == f.labels[s] != f.predicted[s][0]
     metrics = dict(c.metrics)
     assert metrics["accuracy.top1"] == [_figure(zoo_runs[a], "accuracy", "top1"), _figure(zoo_runs[b], "accuracy", "top1")]
     html_out = tmp_path / "cmp.html"

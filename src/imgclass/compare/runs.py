@@ -46,6 +46,7 @@ class Flips:
     a_right_b_wrong: list[str] = field(default_factory=list)
     a_wrong_b_right: list[str] = field(default_factory=list)
     labels: dict[str, int] = field(default_factory=dict)
+    predicted: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)  # id -> (a's class, b's)
 
 
 @dataclass
@@ -86,7 +87,11 @@ def _flips(a: RunRef, sa: SampleTable, b: RunRef, sb: SampleTable) -> Flips | No
     f.a_right_b_wrong = [s for s in common if ca[s] and not cb[s]]
     f.a_wrong_b_right = [s for s in common if not ca[s] and cb[s]]
     labels = dict(zip(sa.sample_id.tolist(), sa.label.tolist()))
-    f.labels = {s: labels[s] for s in f.a_right_b_wrong + f.a_wrong_b_right}
+    flipped = f.a_right_b_wrong + f.a_wrong_b_right
+    f.labels = {s: labels[s] for s in flipped}
+    pa = sa.column(probe, "pred") if sa.has(probe, "pred") else {}
+    pb = sb.column(probe, "pred") if sb.has(probe, "pred") else {}
+    f.predicted = {s: (pa.get(s), pb.get(s)) for s in flipped}
     return f
 
 
@@ -202,12 +207,20 @@ def comparison_html(c: Comparison, *, gallery: int = 48) -> str:
             s.html(f"<h3>{html.escape(title)} ({len(ids)})</h3>")
             thumbs = _thumbnails(run, ids, gallery)
             cells = []
+            def name(k) -> str:
+                return "?" if k is None else classes[k] if 0 <= k < len(classes) else str(k)
+
             for sid in ids[:gallery]:
-                y = f.labels.get(sid, -1)
-                name = classes[y] if 0 <= y < len(classes) else str(y)
+                pa, pb = f.predicted.get(sid, (None, None))
+                preds = "" if pa is None and pb is None else \
+                    f'<br><small title="{html.escape(f.a)} / {html.escape(f.b)}">{html.escape(name(pa))} / ' \
+                    f"{html.escape(name(pb))}</small>"
                 img = f'<img src="{thumbs[sid]}" width="96"><br>' if sid in thumbs else ""
                 cells.append(f'<figure style="display:inline-block;margin:4px;text-align:center">{img}'
-                             f'<figcaption>{html.escape(sid)}<br>{html.escape(name)}</figcaption></figure>')
+                             f'<figcaption>{html.escape(sid)}<br>{html.escape(name(f.labels.get(sid, -1)))}{preds}'
+                             "</figcaption></figure>")
+            if ids:
+                s.p("Under each image: its id, its label, and the two runs' predictions (first / second).")
             s.html("<div>" + "".join(cells) + "</div>")
             if len(ids) > gallery:
                 s.p(f"... and {len(ids) - gallery} more: " + ", ".join(ids[gallery:]))
