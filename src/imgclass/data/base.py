@@ -111,6 +111,20 @@ class SubsetDataset(ImageDataset):
         return self.base.load(int(self.indices[i]))
 
 
+class ReorderedDataset(SubsetDataset):
+    """Some samples of another dataset in another order, under ids of their own (e.g. official CIFAR-10 indices)."""
+
+    def __init__(self, base: ImageDataset, indices: Sequence[int], ids: Sequence[str], *, spec: str = ""):
+        super().__init__(base, indices)
+        if len(ids) != len(self.indices):
+            raise ValueError(f"{len(ids)} ids for {len(self.indices)} samples")
+        self._ids = [str(i) for i in ids]
+        self.spec = spec or base.spec
+
+    def sample_id(self, i: int) -> str:
+        return self._ids[i]
+
+
 class ArrayDataset(ImageDataset):
     """Images already in memory: ``(N, H, W, 3)`` or ``(N, H, W)`` uint8 arrays."""
 

@@ -111,7 +111,7 @@ class Report:
 
 
 SECTIONS: dict[str, Callable[["Results", Report], None]] = {}  # kind -> extra sections (e.g. "train": curves)
-_SECTION_MODULES = {"train": "imgclass.train.report"}  # kind -> the module that fills SECTIONS[kind] on import
+_SECTION_MODULES = {"train": "imgclass.train.report", "diagnose": "imgclass.diagnose.render"}  # kind -> the module that fills SECTIONS[kind] on import
 
 
 def render_report(results: "Results | dict") -> Report:
@@ -120,10 +120,12 @@ def render_report(results: "Results | dict") -> Report:
     import matplotlib
 
     matplotlib.use("Agg")
+    from ..diagnose import CHECKS
     from ..probes import PROBES
     from ..results import Results, from_dict
 
     r = results if isinstance(results, Results) else from_dict(results)
+    owners = {**CHECKS, **PROBES}  # who renders each result: a probe, or a check of `imgclass diagnose`
     m = r.model.model_dump()
     d = r.data.model_dump()
     rep = Report(f"imgclass report: {r.model.spec} on {r.data.spec}")
@@ -132,8 +134,8 @@ def render_report(results: "Results | dict") -> Report:
     summary = rep.section("Summary", "summary")
     rows = []
     for name, res in r.probes.items():
-        if name in PROBES:
-            rows += [(f"{name}: {k}", v) for k, v in PROBES[name]().summary(res)]
+        if name in owners:
+            rows += [(f"{name}: {k}", v) for k, v in owners[name]().summary(res)]
     summary.table(["metric", "value"], rows)
     cfg = m.get("config") or {}
     summary.kv([
@@ -151,6 +153,6 @@ def render_report(results: "Results | dict") -> Report:
     if r.kind in SECTIONS:
         SECTIONS[r.kind](r, rep)
     for name, res in r.probes.items():
-        if name in PROBES:
-            PROBES[name]().render(res, rep.section(PROBES[name].title or name, name))
+        if name in owners:
+            owners[name]().render(res, rep.section(owners[name].title or name, name))
     return rep

@@ -169,7 +169,8 @@ class Results(BaseModel):
 
 def result_type(probe: str) -> type[ProbeResult]:
     """The result class of a probe by name (the base class for a probe this installation does not know)."""
+    from ..diagnose import CHECKS
     from ..probes import PROBES
 
-    cls = PROBES.get(probe)
+    cls = PROBES.get(probe) or CHECKS.get(probe)
     return getattr(cls, "Result", ProbeResult) if cls is not None else ProbeResult
