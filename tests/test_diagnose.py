@@ -106,7 +106,7 @@ def test_rescoring_with_corrected_labels(tmp_path):
 @pytest.mark.parametrize("make, words", [
     (lambda p: p[:, :5], "shape (1000, 5), expected (1000, 10)"),
     (lambda p: p[:999], "shape (999, 10)"),
-    (lambda p: p * 2, "sum"),
+    (lambda p: p * 0.9, "sum"),
     (lambda p: np.where(np.arange(10) == 3, np.nan, p), "NaN"),
 ], ids=["columns", "rows", "not-normalized", "nan"])
 def test_a_bad_probability_file_is_one_clear_line(tmp_path, capsys, make, words):
@@ -140,3 +140,22 @@ def test_diagnose_records_its_run(tmp_path, capsys):
         (run,) = st.list(kind="diagnose")
     assert run.headline["human_labels.n_disagree"] == json.loads(
         (tmp_path / "d" / "results.json").read_text())["probes"]["human_labels"]["n_disagree"]
+
+
+def test_label_issues_on_the_published_probabilities_equal_cleanlab(tmp_path):
+    """Reference: cleanlab.filter.find_label_issues (ranked by self-confidence) on the published cross-validated
+    probabilities of the CIFAR-10 test set (Northcutt et al. 2021) and the official labels of
+    zoo:cifar10-jpeg:test-official: the same 284 samples in the same order; accuracy 92.94 % as published."""
+    from cleanlab.filter import find_label_issues
+
+    probs = mirror_file("cifar10-label-errors/cifar10_test_set_pyx.npy")
+    res = diagnose("zoo:cifar10-jpeg:test-official", probs=str(probs), checks=["label_issues", "human_labels"],
+                   out=tmp_path, progress=False, store=False)
+    ds = load_dataset("zoo:cifar10-jpeg:test-official")
+    want = find_label_issues(ds.labels, np.load(probs), return_indices_ranked_by="self_confidence")
+    assert len(want) == 284 and res["probes"]["label_issues"]["n_issues"] == 284
+    assert [f.index for f in res["flags"] if f.check == "label_issues"] == want.tolist()
+    assert res["rescoring"]["accuracy"] == pytest.approx(0.9294, abs=1e-12)
+    agree = res["agreement"]["label_issues_vs_human_majority"]
+    human = {f.index for f in res["flags"] if f.check == "human_labels"}
+    assert agree["both"] == len(human & set(want.tolist())) and agree["human_majority_disagrees"] == len(human)

@@ -79,6 +79,12 @@ def render_diagnosis(r, rep) -> None:
     by = issues.get("by_check") or {}
     if by:
         sec.table(["check", "flagged"], list(by.items()))
+    agree = (getattr(r, "agreement", None) or {}).get("label_issues_vs_human_majority")
+    if agree:
+        rec = "-" if agree["recall"] is None else f"{agree['recall']:.1%}"
+        sec.p(f"Label issues against the human majority: of the {agree['human_majority_disagrees']} samples whose "
+              f"human majority is not the given label, {agree['both']} ({rec}) are among the "
+              f"{agree['flagged_by_label_issues']} label issues.")
     resc = getattr(r, "rescoring", None)
     if resc:
         rows = [("given labels", resc.get("accuracy"), resc.get("n_evaluated")),

@@ -197,6 +197,13 @@ def diagnose(
         results["timing"][name] = time.perf_counter() - t0
         results["warnings"] += [f"{name}: {w}" for w in res.get("warnings") or []]
         flags += found
+    by_check = {n: {f.index for f in flags if f.check == n} for n in instances}
+    if "label_issues" in by_check and "human_labels" in by_check:  # confident learning against human relabelling
+        human, found = by_check["human_labels"], by_check["label_issues"]
+        both = len(human & found)
+        results["agreement"] = {"label_issues_vs_human_majority": {
+            "human_majority_disagrees": len(human), "flagged_by_label_issues": len(found), "both": both,
+            "recall": both / len(human) if human else None, "precision": both / len(found) if found else None}}
     resc = _rescoring(ctx, flags, relabels)
     if resc is not None:
         results["rescoring"] = resc
