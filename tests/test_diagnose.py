@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +160,43 @@ def test_label_issues_on_the_published_probabilities_equal_cleanlab(tmp_path):
     agree = res["agreement"]["label_issues_vs_human_majority"]
     human = {f.index for f in res["flags"] if f.check == "human_labels"}
     assert agree["both"] == len(human & set(want.tolist())) and agree["human_majority_disagrees"] == len(human)
+
+
+def test_cross_validated_probabilities_come_from_the_model_that_did_not_see_the_sample(tmp_path):
+    """Reference: each fold's own checkpoint (file:OUT/cv/foldK/last.safetensors) predicting its held-out samples,
+    and the data layer's stratified fold split: the folds partition the data, each fold's model trained on the other
+    folds only, and the probabilities of a held-out sample are that model's."""
+    from helpers import lossless_train
+
+    from imgclass import load_model
+    from imgclass.data import fold_assignment
+    from imgclass.engine import Engine
+
+    data = f"npz:{lossless_train(100, tmp_path / 'data')}"
+    res = diagnose(data, cv=2, recipe=None, cv_model="lenet", train_settings=["epochs=1", "batch_size=16",
+                   "workers=0", "tensorboard=false", "max_steps=2"], checks=["label_issues"], out=tmp_path / "out",
+                   progress=False, store=False)
+    folds = res["cross_validation"]["folds"]
+    ds = load_dataset(data)
+    assign = fold_assignment(ds.labels, 2, 0)
+    assert [f["n_heldout"] for f in folds] == [int((assign == k).sum()) for k in (0, 1)]
+    assert sum(f["n_heldout"] for f in folds) == 100 and all(f["n_train"] == 100 - f["n_heldout"] for f in folds)
+    for f in folds:
+        trained = load(Path(f["run"]))
+        assert trained.data.n_samples == f["n_train"]
+        assert trained.data.spec.endswith(f"fold={f['fold']}&fold_seed=0&part=train")
+    issues = load(tmp_path / "out").probes["label_issues"]
+    assert issues.n_evaluated == 100
+    # the probabilities of fold 1's held-out samples are fold 1's model's
+    held = load_dataset(f"{data}?folds=2&fold=1&part=heldout")
+    assert len(held) == int((assign == 1).sum())
+    clf = load_model(f"file:{tmp_path / 'out' / 'cv' / 'fold1' / 'last.safetensors'}")
+    pred = Engine(clf, workers=0, progress=False).predict(held)
+    import torch
+
+    want = torch.softmax(pred.logits.double(), 1).numpy().argmax(1)
+    flagged = {f.sample_id for f in res["flags"]}
+    for row, i in enumerate(np.flatnonzero(assign == 1)):  # suggested label = that model's argmax
+        if ds.sample_id(int(i)) in flagged:
+            (flag,) = [f for f in res["flags"] if f.sample_id == ds.sample_id(int(i))]
+            assert flag.suggested == want[row]

@@ -24,8 +24,13 @@ def add_command(sub) -> None:
     p.add_argument("--against", metavar="DATA2", help="a second dataset for leakage (e.g. the training set)")
     p.add_argument("--checks", default="label_issues", help="comma-separated checks (default: %(default)s)")
     p.add_argument("--relabel", metavar="FILE.csv", help="corrected labels (sample_id,label) to re-score accuracy with")
+    p.add_argument("--cv", type=int, metavar="K", help="cross-validated probabilities: train K models with --recipe "
+                   "(and training settings as --set KEY=VALUE), each predicting its held-out fold")
+    p.add_argument("--recipe", help="training recipe for --cv (see `imgclass train --help`)")
+    p.add_argument("--cv-model", metavar="ARCH", help="architecture for --cv (default: the recipe's)")
     p.add_argument("--out", help="output folder for results.json, report.html and issues.csv")
-    p.add_argument("--set", action="append", default=[], metavar="CHECK.PARAM=VALUE", help="check parameter")
+    p.add_argument("--set", action="append", default=[], metavar="CHECK.PARAM=VALUE",
+                   help="a check's parameter; with --cv, KEY=VALUE (no dot) is a training setting")
     p.add_argument("--limit", type=int, help="diagnose a seeded random subset of this many samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=128)
@@ -47,9 +52,11 @@ def _run(args: argparse.Namespace) -> int:
     from ..settings import parse_sets
 
     checks = [c.strip() for c in args.checks.split(",") if c.strip()]
-    params = parse_sets(args.set, form="CHECK.PARAM=VALUE")
+    training = [s for s in args.set if "." not in s.split("=", 1)[0]] if args.cv else []
+    params = parse_sets([s for s in args.set if s not in training], form="CHECK.PARAM=VALUE")
     res = diagnose(args.data, models=args.model, probs=args.probs, against=args.against, checks=checks,
-                   check_params=params, relabel=args.relabel, out=args.out, limit=args.limit, seed=args.seed,
+                   check_params=params, relabel=args.relabel, cv=args.cv, recipe=args.recipe,
+                   train_settings=training, cv_model=args.cv_model, out=args.out, limit=args.limit, seed=args.seed,
                    batch_size=args.batch_size, workers=args.workers, device=args.device, on_error=args.on_error,
                    progress=not args.quiet, store=False if args.no_store else (args.store or True), command=sys.argv)
     print(f"\n{res['data']['spec']}: {res['data']['n_samples']} samples; probabilities: "

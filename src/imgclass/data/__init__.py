@@ -17,6 +17,7 @@ from .labels import LabelSpace, align_labels, imagenet_space, named_space
 from .sources import DatasetSourceError, FolderDataset, TarDataset, load_cifar10, load_digits, load_idx, load_npz
 
 __all__ = [
+    "fold_assignment",
     "ImageDataset",
     "ArrayDataset",
     "SubsetDataset",
@@ -85,10 +86,48 @@ def load_dataset(spec: str | ImageDataset) -> ImageDataset:
         return spec
     s = parse_spec(spec, DATASET_SOURCES, infer=_infer_scheme)
     opts = s.pop_options()
+    fold = _fold_options(s, opts)
     ds = DATASET_SOURCES[s.scheme].build(s, opts)
     opts.finish()
     ds.spec = s.text
+    if fold is not None:
+        ds = _fold_part(ds, *fold)
+        ds.spec = s.text
     return ds
+
+
+def _fold_options(s: Spec, opts: Options) -> tuple[int, int, str, int] | None:
+    """``?folds=K&fold=k&part=train|heldout[&fold_seed=S]`` (any source): one part of a seeded, stratified K-fold
+    split, for cross-validated probabilities."""
+    k = opts.int("folds")
+    if k is None:
+        for key in ("fold", "part", "fold_seed"):
+            if key in opts:
+                raise SpecError(f"{s.text}: option {key} needs folds=K")
+        return None
+    fold, part, seed = opts.int("fold"), opts.str("part", "heldout"), opts.int("fold_seed", 0)
+    if k < 2 or fold is None or not 0 <= fold < k:
+        raise SpecError(f"{s.text}: folds=K needs K >= 2 and fold=k with 0 <= k < K")
+    if part not in ("train", "heldout"):
+        raise SpecError(f"{s.text}: part must be train or heldout, not {part!r}")
+    return k, fold, part, seed
+
+
+def fold_assignment(labels: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """(N,) fold of each sample: within each class a seeded permutation dealt round-robin over the K folds, so each
+    fold holds every class in proportion (stratified)."""
+    labels = np.asarray(labels)
+    out = np.empty(len(labels), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        out[idx[rng.permutation(len(idx))]] = np.arange(len(idx)) % k
+    return out
+
+
+def _fold_part(ds: ImageDataset, k: int, fold: int, part: str, seed: int) -> ImageDataset:
+    folds = fold_assignment(ds.labels, k, seed)
+    return ds.subset(np.flatnonzero((folds == fold) if part == "heldout" else (folds != fold)))
 
 
 def _max_pixels(opts: Options) -> int:

@@ -87,6 +87,7 @@ class DiagnoseContext:
     against: ImageDataset | None = None
     models: list = field(default_factory=list)  # Classifier objects
     probs_file: str | None = None
+    cv: dict | None = None  # {"k", "recipe", "settings", "out", "model", "spec"}: cross-validated probabilities
     seed: int = 0
     batch_size: int = 128
     workers: int | None = None
@@ -136,6 +137,16 @@ class DiagnoseContext:
                                  f"of {self.dataset.spec} in dataset order, one column per class")
             _, p = check_probs(self.labels(), p, n_classes=k, source=f"--probs {self.probs_file}")
             out = (p.astype(np.float64), np.ones(n, dtype=bool))
+        elif self.cv is not None:
+            from .crossval import cross_val_probs
+
+            cv = self.cv
+            p, ok, records = cross_val_probs(cv["spec"], k=cv["k"], recipe=cv["recipe"], settings=cv["settings"],
+                                             out=cv["out"], model=cv["model"], seed=self.seed,
+                                             batch_size=self.batch_size, workers=self.workers, device=self.device,
+                                             progress=self.progress)
+            self.cv["folds"] = records
+            out = (p, ok)
         elif self.models:
             total = np.zeros((n, k))
             seen = np.zeros(n, dtype=bool)

@@ -86,8 +86,12 @@ class LabelIssuesCheck(Check):
             "scores": "label quality score of the given label (lower: more likely wrong), "
                       f"{p.rank_by} (cleanlab.rank.get_label_quality_scores)",
         }
-        if k and len(rows) and np.any(np.bincount(y, minlength=k) == 0):
-            res["warnings"] = ["some classes have no sample: confident learning needs every class"]
+        agree = float((found.suggested == y).mean()) if len(rows) else None
+        res["probabilities_agree_with_labels"] = agree
+        if agree is not None and agree < 0.5:
+            res["warnings"] = [f"the probabilities agree with the given labels on only {agree:.1%} of the samples: "
+                               "confident learning needs a model that is right on most of them, so these flags are "
+                               "mostly the model's own errors (train longer, or use a stronger model)"]
         flags = [Flag(self.name, "label_issue", int(i), ds.sample_id(int(i)), float(scores[i]), given=int(labels[i]),
                       suggested=int(suggested[i])) for i in ranked]
         return res, flags

@@ -31,8 +31,8 @@ def _need(ctx: DiagnoseContext, name: str, need: str) -> str | None:
     ds = ctx.dataset
     if need == "labels" and not ds.labeled:
         return f"{ds.spec} is unlabeled"
-    if need == "probs" and not ctx.models and ctx.probs_file is None:
-        return "out-of-sample probabilities: give --model SPEC (one or more) or --probs FILE.npy"
+    if need == "probs" and not ctx.models and ctx.probs_file is None and ctx.cv is None:
+        return "out-of-sample probabilities: give --model SPEC (one or more), --probs FILE.npy or --cv K --recipe R"
     if need == "features" and not ctx.models:
         return "a model's features: give --model SPEC"
     if need == "against" and ctx.against is None:
@@ -115,6 +115,10 @@ def diagnose(
     checks: Sequence[str] = DEFAULT_CHECKS,
     check_params: dict[str, dict[str, Any]] | None = None,
     relabel: str | None = None,
+    cv: int | None = None,
+    recipe: str | None = None,
+    train_settings: Sequence[str] = (),
+    cv_model: str | None = None,
     out: str | os.PathLike | None = None,
     limit: int | None = None,
     seed: int = 0,
@@ -129,8 +133,9 @@ def diagnose(
     """Run the named checks on ``data``; return the results dict (also written to ``out`` with report.html and
     issues.csv, and recorded in the run store like an eval run).
 
-    Probabilities (label issues, human labels, re-scoring) come from ``probs`` (an (N, K) .npy in dataset order) or
-    from ``models`` (averaged; models not trained on ``data``); features (outliers, semantic duplicates, slices) from
+    Probabilities (label issues, human labels, re-scoring) come from ``probs`` (an (N, K) .npy in dataset order),
+    from ``cv``-fold cross-validation (``recipe`` and ``train_settings`` as for ``imgclass train``), or from
+    ``models`` (averaged; models not trained on ``data``); features (outliers, semantic duplicates, slices) from
     the first model.
     """
     from ..evaluate import environment, record_run
@@ -145,8 +150,13 @@ def diagnose(
     stray = set(check_params) - set(checks)
     if stray:
         raise UsageError(f"parameters given for check(s) that do not run: {', '.join(sorted(stray))}")
-    if probs is not None and models:
-        raise UsageError("give --probs or --model, not both (the probabilities come from one of them)")
+    if probs is not None and cv is not None:
+        raise UsageError("the probabilities come from --probs or from --cv, not both (with either, --model only "
+                         "gives the features)")
+    if cv is not None and not recipe and not cv_model:
+        raise UsageError("--cv K trains K models: give --recipe NAME (and --set KEY=VALUE training settings)")
+    if cv is not None and limit is not None:
+        raise UsageError("--limit cannot be used with --cv (the folds split the whole dataset)")
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}")
     instances = {name: CHECKS[name](**check_params.get(name, {})) for name in checks}
@@ -159,6 +169,12 @@ def diagnose(
     clfs = [load_model(m) for m in models]
     ctx = DiagnoseContext(ds, load_dataset(against) if against is not None else None, clfs, probs, seed=seed,
                           batch_size=batch_size, workers=workers, device=device, on_error=on_error, progress=progress)
+    if cv is not None:
+        import tempfile
+
+        cv_out = Path(out) / "cv" if out is not None else Path(tempfile.mkdtemp(prefix="imgclass-cv-"))
+        ctx.cv = {"k": int(cv), "recipe": recipe, "settings": list(train_settings), "out": str(cv_out),
+                  "model": cv_model, "spec": data}
     missing = [(n, why) for n, c in instances.items() for need in sorted(c.needs) if (why := _need(ctx, n, need))]
     if missing:
         n, why = missing[0]
@@ -178,7 +194,8 @@ def diagnose(
                                                      "files_sha256": ctx.against.files_sha256()},
         "settings": {"batch_size": batch_size, "workers": workers, "device": device, "on_error": on_error,
                      "probabilities": "file " + probs if probs else
-                     (f"mean over {len(clfs)} model(s)" if clfs else None)},
+                     (f"{cv}-fold cross-validation, recipe {recipe or '-'}" if cv else
+                      (f"mean over {len(clfs)} model(s)" if clfs else None))},
         "environment": environment(ctx.engine(0) if clfs else None),
         "probe_params": {n: to_jsonable(c.params) for n, c in instances.items()},
         "probes": {}, "timing": {}, "warnings": [],
@@ -207,6 +224,8 @@ def diagnose(
     resc = _rescoring(ctx, flags, relabels)
     if resc is not None:
         results["rescoring"] = resc
+    if ctx.cv is not None and "folds" in ctx.cv:
+        results["cross_validation"] = {k: v for k, v in ctx.cv.items() if k != "spec"}
     results["warnings"] += ctx.notes
     skipped = [{"dataset": w, "index": i, **v} for w, d in ctx.skipped.items() for i, v in sorted(d.items())]
     if skipped:
