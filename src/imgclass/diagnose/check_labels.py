@@ -66,7 +66,6 @@ class LabelIssuesCheck(Check):
         suggested = np.full(len(ds), -1)
         suggested[rows] = found.suggested
         labels = ctx.labels()
-        k = len(names)
         pairs = [{"given": names[g], "true": names[t], "count": int(c)}
                  for (g, t), c in sorted(found.pair_counts.items(), key=lambda kv: -kv[1]) if c and g != t]
         joint = np.asarray(found.joint)
