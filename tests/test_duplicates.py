@@ -102,6 +102,8 @@ def test_phash_mixed_list_keeps_order():
 def test_phash_input_errors():
     with pytest.raises(UsageError, match="layout"):
         phash(np.zeros((2, 3, 8, 3), np.uint8))
+    x = np.random.default_rng(1).integers(0, 256, (2, 3, 8, 3), dtype=np.uint8)  # a torch tensor is channels-first
+    assert np.array_equal(phash(torch.from_numpy(x)), phash(x, layout="chw"))
     with pytest.raises(UsageError, match="uint8"):
         phash(np.zeros((2, 8, 8, 3), np.float32))
     with pytest.raises(UsageError, match="channels"):
@@ -328,7 +330,7 @@ def test_leakage_accuracy_hand_counted():
     r = leakage_accuracy(correct, leaked)
     assert r["n"] == 10 and r["n_leaked"] == 3
     assert r["accuracy"] == pytest.approx(0.7) and r["accuracy_leaked"] == 1.0
-    assert r["accuracy_clean"] == pytest.approx(4 / 7) and r["gap"] == pytest.approx(0.7 - 4 / 7)
+    assert r["accuracy_without"] == pytest.approx(4 / 7) and r["gap"] == pytest.approx(0.7 - 4 / 7)
     mask = np.zeros(10, dtype=bool)
     mask[leaked] = True
     assert leakage_accuracy(correct.astype(int), mask) == r

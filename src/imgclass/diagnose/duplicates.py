@@ -66,7 +66,9 @@ def _pool() -> ThreadPoolExecutor:
 # -- images in -------------------------------------------------------------------------------------------------
 
 
-def _layout_of(shape: tuple[int, ...], layout: str | None) -> str:
+def _layout_of(shape: tuple[int, ...], layout: str | None, tensor: bool = False) -> str:
+    """'chw' or 'hwc' from the shape of one image; where both axes could hold channels, a torch tensor is
+    channels-first (the datasets' contract) and a numpy array needs ``layout``."""
     if layout is not None:
         if layout not in ("chw", "hwc"):
             raise UsageError(f"layout must be 'chw' or 'hwc', not {layout!r}")
@@ -76,6 +78,8 @@ def _layout_of(shape: tuple[int, ...], layout: str | None) -> str:
         return "chw"
     if last and not first:
         return "hwc"
+    if tensor:
+        return "chw"
     raise UsageError(f"cannot tell the channel axis of images of shape {shape}: pass layout='chw' or 'hwc'")
 
 
@@ -92,25 +96,27 @@ def _pieces(images, layout: str | None) -> tuple[int, list[tuple[int, np.ndarray
     """(N, [(first index, (n, H, W, C) uint8 HWC view), ...]): a 4-D batch or an (N, H, W) gray batch in pieces of
     at most ``_MAX_VALUES`` pixels, or a sequence of single images of any sizes ((C, H, W), (H, W, C), (H, W))."""
     if isinstance(images, (np.ndarray, torch.Tensor)):
+        tensor = isinstance(images, torch.Tensor)
         x = _as_numpy(images)
         if x.ndim == 3:  # gray
             x, layout = x[..., None], "hwc"
         if x.ndim != 4:
             raise UsageError(f"a batch of images must be (N, C, H, W), (N, H, W, C) or (N, H, W), not {x.shape}")
-        if _layout_of(x.shape[1:], layout) == "chw":
+        if _layout_of(x.shape[1:], layout, tensor) == "chw":
             x = x.transpose(0, 2, 3, 1)
         _check_channels(x.shape[-1])
         step = max(1, _MAX_VALUES // max(1, x.shape[1] * x.shape[2]))
         return len(x), [(s, x[s: s + step]) for s in range(0, len(x), step)]
     out = []
     for i, im in enumerate(images):
+        tensor = isinstance(im, torch.Tensor)
         a = _as_numpy(im)
         one = layout
         if a.ndim == 2:  # gray
             a, one = a[..., None], "hwc"
         if a.ndim != 3:
             raise UsageError(f"image {i} must be (C, H, W), (H, W, C) or (H, W), not {a.shape}")
-        if _layout_of(a.shape, one) == "chw":
+        if _layout_of(a.shape, one, tensor) == "chw":
             a = a.transpose(1, 2, 0)
         _check_channels(a.shape[-1])
         out.append((i, a[None]))
@@ -214,7 +220,8 @@ def phash(images: np.ndarray | torch.Tensor | Sequence, *, layout: str | None = 
     """(N,) uint64 perceptual hashes, the same bits as ``imagehash.phash`` of each image as a PIL image.
 
     ``images``: a uint8 batch (N, 3, H, W), (N, H, W, 3), (N, 1, H, W) or (N, H, W) (gray), numpy or torch, or a
-    sequence of single images of any sizes; ``layout`` ('chw' / 'hwc') where the shape cannot tell.
+    sequence of single images of any sizes; ``layout`` ('chw' / 'hwc') where the shape cannot tell (torch
+    tensors are then channels-first).
     """
     n, pieces = _pieces(images, layout)
     small = np.empty((n, _SIZE, _SIZE), dtype=np.uint8)
@@ -402,8 +409,8 @@ def leakage_accuracy(correct: np.ndarray, leaked: np.ndarray) -> dict:
     """Accuracy on all test samples, on the leaked ones (duplicated in the training set, e.g. the distinct j of
     ``near_pairs(train, test)``) and on the rest (ciFAIR style); ``leaked`` is a boolean mask or indices.
 
-    Returns ``n``, ``n_leaked``, ``accuracy``, ``accuracy_leaked``, ``accuracy_clean`` (None where no sample) and
-    ``gap`` = accuracy - accuracy_clean (how much the leaked samples inflate the score).
+    Returns ``n``, ``n_leaked``, ``accuracy``, ``accuracy_leaked``, ``accuracy_without`` (None where no sample) and
+    ``gap`` = accuracy - accuracy_without (how much the leaked samples inflate the score).
     """
     c = np.asarray(correct)
     if c.ndim != 1:
@@ -424,6 +431,6 @@ def leakage_accuracy(correct: np.ndarray, leaked: np.ndarray) -> dict:
         return float(c[m].mean()) if m.any() else None
 
     everything = np.ones(len(c), dtype=bool)
-    a, clean = acc(everything), acc(~mask)
+    a, without = acc(everything), acc(~mask)
     return {"n": int(len(c)), "n_leaked": int(mask.sum()), "accuracy": a, "accuracy_leaked": acc(mask),
-            "accuracy_clean": clean, "gap": None if a is None or clean is None else a - clean}
+            "accuracy_without": without, "gap": None if a is None or without is None else a - without}
