@@ -6,17 +6,8 @@ them over one shared context (probabilities and features computed once) and writ
 issues.csv.
 """
 
-import importlib
-
+from . import check_duplicates, check_images, check_labels, check_slices, human  # noqa: F401 - they register checks
 from .base import CHECKS, Check, DiagnoseContext, Flag, register_check
-
-# the modules that register checks (each imports only what it needs at run time)
-for _m in ("human", "check_labels", "check_duplicates", "check_images", "check_slices"):
-    try:
-        importlib.import_module(f"{__name__}.{_m}")
-    except ModuleNotFoundError as _e:  # a check module not written yet
-        if _e.name != f"{__name__}.{_m}":
-            raise
 
 
 def diagnose(*args, **kwargs):

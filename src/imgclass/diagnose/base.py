@@ -65,7 +65,9 @@ class Check(abc.ABC):
         if unknown:
             raise ParameterError(f"check {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}; "
                                  f"parameters: {', '.join(sorted(fields)) or 'none'}")
-        self.params = self.Params(**params)
+        from ..probes.base import listed_params
+
+        self.params = self.Params(**listed_params(self.Params, params))
 
     @abc.abstractmethod
     def run(self, ctx: "DiagnoseContext") -> tuple[dict, list[Flag]]:

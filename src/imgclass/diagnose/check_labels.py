@@ -123,5 +123,5 @@ class LabelIssuesCheck(Check):
         render_gallery(sec, r.get("gallery"), "Most likely label errors (lowest label quality first)")
         if r.get("issues"):
             sec.table(["sample", "given", "suggested", "score"],
-                      [(i["sample_id"], i["given"], i["suggested"], round(i["score"], 4)) for i in r["issues"][:50]],
+                      [(i["sample_id"], i["given"], i["suggested"], f"{i['score']:.3g}") for i in r["issues"][:50]],
                       numeric=False)

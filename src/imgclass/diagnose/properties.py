@@ -279,7 +279,7 @@ def concat_properties(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np
     return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in RAW_KEYS}
 
 
-def _size_scores(size: np.ndarray) -> tuple[np.ndarray, float]:
+def size_scores(size: np.ndarray) -> tuple[np.ndarray, float]:
     """cleanvision's SizeProperty.get_scores and the threshold it then uses."""
     if len(size) == 0:
         return np.zeros(0), 0.5
@@ -326,7 +326,7 @@ def property_scores(images, *, sizes=None, grayscale=None) -> dict[str, np.ndarr
         "blurry": np.minimum(blur + color, 1),
         "low_information": np.minimum(_ENTROPY_FACTOR * np.asarray(raw["entropy"], dtype=np.float64), 1),
         "grayscale": np.where(np.asarray(raw["grayscale"], dtype=bool), 0.0, 1.0),
-        "odd_size": _size_scores(size)[0],
+        "odd_size": size_scores(size)[0],
         "odd_aspect_ratio": np.minimum(w / h, h / w),
         "size": size,
     }
@@ -349,6 +349,6 @@ def property_issues(scores: Mapping[str, np.ndarray], *,
         if t is None:
             t = DEFAULT_THRESHOLDS[name]
             if name == "odd_size" and "size" in scores:
-                t = _size_scores(np.asarray(scores["size"], dtype=np.float64))[1]
+                t = size_scores(np.asarray(scores["size"], dtype=np.float64))[1]
         out[name] = np.asarray(scores[name], dtype=np.float64) < t
     return out

@@ -20,6 +20,9 @@ def _thumb(img) -> str:
     from PIL import Image
 
     pil = Image.fromarray(np.ascontiguousarray(img.permute(1, 2, 0).numpy()))
+    if max(pil.size) < THUMB // 2:  # small images (CIFAR's 32 px) enlarged by a whole factor, pixels kept sharp
+        f = THUMB // max(pil.size)
+        pil = pil.resize((pil.width * f, pil.height * f), Image.NEAREST)
     pil.thumbnail((THUMB, THUMB))
     return image_base64(pil, fmt="PNG")
 

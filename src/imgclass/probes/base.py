@@ -20,7 +20,7 @@ from ..results.models import Metric, ProbeResult
 from ..results.samples import SampleTable
 
 __all__ = ["Probe", "ProbeContext", "CliFlag", "PROBES", "register_probe", "get_probe", "to_jsonable", "Metric",
-           "ProbeResult"]
+           "ProbeResult", "listed_params"]
 
 PROBES: Registry[type["Probe"]] = Registry("probe")
 
@@ -110,7 +110,7 @@ class Probe(abc.ABC):
             hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
             raise ParameterError(f"probe {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}{hint}; "
                                  f"parameters: {', '.join(sorted(fields)) or 'none'}")
-        self.params = self.Params(**_listed(self.Params, params))
+        self.params = self.Params(**listed_params(self.Params, params))
 
     def param_dict(self) -> dict:
         return to_jsonable(dataclasses.asdict(self.params))
@@ -128,7 +128,7 @@ class Probe(abc.ABC):
         return []
 
 
-def _listed(params_cls, params: dict) -> dict:
+def listed_params(params_cls, params: dict) -> dict:
     """A list parameter given one string (``--set adaptation.methods=norm`` or ``=norm,tent``) becomes the tuple of
     its comma-separated names, not the characters of the string; parameters that also take a string keep it, and a
     Params class with its own ``__post_init__`` reads strings itself."""

@@ -138,12 +138,13 @@ def render_report(results: "Results | dict") -> Report:
             rows += [(f"{name}: {k}", v) for k, v in owners[name]().summary(res)]
     summary.table(["metric", "value"], rows)
     cfg = m.get("config") or {}
-    summary.kv([
-        ("model source", m.get("source") or ""), ("model classes", m.get("num_classes") or ""),
-        ("input", f"{cfg.get('input_size')} mean={cfg.get('mean')} std={cfg.get('std')}"),
-        ("dataset samples", d.get("n_samples", "")), ("dataset classes", d.get("n_classes") or ""),
-        ("label alignment", (getattr(r, "label_alignment", None) or {}).get("method", "")),
-    ])
+    if r.kind != "diagnose":  # a diagnosis states its models and data in its own section
+        summary.kv([
+            ("model source", m.get("source") or ""), ("model classes", m.get("num_classes") or ""),
+            ("input", f"{cfg.get('input_size')} mean={cfg.get('mean')} std={cfg.get('std')}"),
+            ("dataset samples", d.get("n_samples", "")), ("dataset classes", d.get("n_classes") or ""),
+            ("label alignment", (getattr(r, "label_alignment", None) or {}).get("method", "")),
+        ])
     for w in r.warnings:
         summary.warn(w)
     if r.kind not in SECTIONS and r.kind in _SECTION_MODULES:
