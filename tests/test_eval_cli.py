@@ -31,7 +31,7 @@ def test_eval_writes_results_and_report(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "top-1" in p.stdout and "ECE" in p.stdout
     r = json.loads((out / "results.json").read_text())
-    assert r["schema_version"] == 1 and r["imgclass_version"]
+    assert r["schema_version"] == 2 and r["kind"] == "eval" and r["imgclass_version"]
     assert r["model"]["spec"] == "zoo:cifar10-resnet20" and r["data"]["spec"] == "zoo:cifar10-lossless:test"
     assert r["seed"] == 3 and r["data"]["subset"]["limit"] == 300
     assert r["probe_params"]["calibration"] == {"n_bins": 15, "fit_data": None, "holdout": 0.5}

@@ -102,6 +102,9 @@ def test_confusion_and_macro_scores_equal_sklearn():
         def predictions(self):
             return Predictions(logits, labels, np.arange(400))
 
+        def record_samples(self, probe, indices, **arrays):  # a stand-in context keeps no per-sample outputs
+            pass
+
     r = AccuracyProbe().run(Ctx())
     p, rc, f, _ = precision_recall_fscore_support(labels, pred, average="macro", zero_division=0)
     assert r["macro_precision"] == pytest.approx(p) and r["macro_recall"] == pytest.approx(rc)
