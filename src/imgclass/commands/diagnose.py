@@ -68,8 +68,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  {name:<14} flagged: {r['n_flagged']}")
     resc = res.get("rescoring")
     if resc:
-        line = f"accuracy {resc['accuracy']:.4f}; without the {resc['n_label_issues_removed']} label issues " \
-               f"{resc['accuracy_without_label_issues']:.4f}"
+        line = f"accuracy {resc['accuracy']:.4f}"
+        if "label_issues" in res["probes"]:
+            line += f"; without the {resc['n_label_issues_removed']} label issues " \
+                    f"{resc['accuracy_without_label_issues']:.4f}"
         if resc.get("accuracy_relabeled") is not None:
             line += f"; with corrected labels {resc['accuracy_relabeled']:.4f}"
         print("  " + line)

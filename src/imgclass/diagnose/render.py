@@ -90,9 +90,10 @@ def render_diagnosis(r, rep) -> None:
               f"{agree['flagged_by_label_issues']} label issues.")
     resc = getattr(r, "rescoring", None)
     if resc:
-        rows = [("given labels", resc.get("accuracy"), resc.get("n_evaluated")),
-                ("without the flagged label issues", resc.get("accuracy_without_label_issues"),
-                 resc.get("n_evaluated", 0) - resc.get("n_label_issues_removed", 0))]
+        rows = [("given labels", resc.get("accuracy"), resc.get("n_evaluated"))]
+        if "label_issues" in r.probes:
+            rows.append(("without the flagged label issues", resc.get("accuracy_without_label_issues"),
+                         resc.get("n_evaluated", 0) - resc.get("n_label_issues_removed", 0)))
         if resc.get("accuracy_relabeled") is not None:
             rows.append((f"corrected labels ({resc['relabeled']} changed)", resc["accuracy_relabeled"],
                          resc.get("n_evaluated")))
