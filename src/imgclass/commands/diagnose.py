@@ -7,15 +7,26 @@ import sys
 
 
 def add_command(sub) -> None:
+    import dataclasses
+    import textwrap
+
     from ..diagnose import CHECKS
 
+    def params(cls) -> str:
+        return ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Params)) or "none"
+
+    description = (
+        "Run data checks on DATA and write OUT/results.json, OUT/report.html (galleries of the flagged images) and "
+        "OUT/issues.csv (one row per flagged sample). Probabilities come from --model (one or more, averaged: models "
+        "not trained on DATA), --probs (an N x K .npy in dataset order) or --cv K --recipe R (K models trained on "
+        "folds, each predicting the fold it did not see); features from the first --model. Checks: "
+        + "; ".join(f"{n}: {c.description}" for n, c in sorted(CHECKS.items())) + ".")
+    epilog = "check parameters (--set CHECK.PARAM=VALUE):\n" + "\n".join(
+        f"  {n}: {params(c)}" for n, c in sorted(CHECKS.items()))
     p = sub.add_parser(
         "diagnose", help="find problems in the data: label issues, duplicates and leakage, outliers, error slices",
-        description="Run data checks on DATA and write OUT/results.json, OUT/report.html (galleries of the flagged "
-                    "images) and OUT/issues.csv (one row per flagged sample). Probabilities come from --model (one "
-                    "or more, averaged: models not trained on DATA) or --probs (an N x K .npy in dataset order); "
-                    "features from the first --model. Checks: " + "; ".join(
-                        f"{n}: {c.description}" for n, c in sorted(CHECKS.items())) + ".",
+        description=textwrap.fill(description, width=100), epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("data", help="dataset spec, e.g. zoo:cifar10-jpeg:test-official, folder:DIR")
     p.add_argument("--model", action="append", default=[], metavar="SPEC",
