@@ -263,6 +263,20 @@ register_asset(Asset(
     source="https://github.com/cleanlab/label-errors",
 ))
 register_asset(Asset(
+    "mnist-test-images", "mnist/t10k-images-idx3-ubyte.gz",
+    "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "CC BY-SA 3.0", "MNIST test images (10,000 digits), IDX, gzip",
+    url="https://storage.googleapis.com/cvdf-datasets/mnist/t10k-images-idx3-ubyte.gz",
+    source="http://yann.lecun.com/exdb/mnist/",
+))
+register_asset(Asset(
+    "mnist-test-labels", "mnist/t10k-labels-idx1-ubyte.gz",
+    "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    "CC BY-SA 3.0", "MNIST test labels, IDX, gzip",
+    url="https://storage.googleapis.com/cvdf-datasets/mnist/t10k-labels-idx1-ubyte.gz",
+    source="http://yann.lecun.com/exdb/mnist/",
+))
+register_asset(Asset(
     "cifar10-lossless-test1000", "cifar10-lossless/test-first1000.npz",
     "9f12edf1e69f80d41c150f78e81a1df095e212ac48f268960611db3034f0ecb4",
     "MIT", "first 1,000 CIFAR-10 test images, lossless, official order",

@@ -281,6 +281,56 @@ def _zoo_cifar10(split: str, opts: Options) -> ImageDataset:
     return ds
 
 
+@register_zoo_dataset("mnist", splits=("test",), assets=("mnist-test-images", "mnist-test-labels"),
+                      help="MNIST test set (10,000 gray digits; the far-OOD set of OpenOOD's CIFAR-10 benchmark)")
+def _zoo_mnist(split: str, opts: Options) -> ImageDataset:
+    from ..assets import fetch
+
+    images = fetch("mnist-test-images")
+    labels = fetch("mnist-test-labels")
+    if images.parent != labels.parent:
+        raise DatasetSourceError(f"zoo:mnist: the images ({images}) and labels ({labels}) are in different folders")
+    return load_idx(images.parent, split="test", spec="zoo:mnist:test")
+
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package
+
+
+@register_zoo_dataset("fashion-mnist", splits=("test", "train"), assets=(),
+                      help="Fashion-MNIST from Debian's dataset-fashion-mnist package (apt-get install it)")
+def _zoo_fashion_mnist(split: str, opts: Options) -> ImageDataset:
+    from pathlib import Path
+
+    if not Path(FASHION_MNIST_DIR).is_dir():
+        raise DatasetSourceError(f"zoo:fashion-mnist: {FASHION_MNIST_DIR} is missing; install Debian's package: "
+                                 "apt-get install dataset-fashion-mnist")
+    return load_idx(FASHION_MNIST_DIR, split=split, spec=f"zoo:fashion-mnist:{split}")
+
+
+@register_dataset_source("synthetic", "synthetic:uniform|gaussian|blobs[?n=1000&size=32&seed=0] - seeded noise "
+                                      "images (unlabeled; OOD sets)")
+def _synthetic(s: Spec, opts: Options) -> ImageDataset:
+    n, size, seed = opts.int("n", 1000), opts.int("size", 32), opts.int("seed", 0)
+    if n < 1 or size < 1:
+        raise SpecError(f"{s.text}: n and size must be positive")
+    rng = np.random.default_rng(seed)
+    kind = s.target
+    if kind == "uniform":  # i.i.d. uniform pixels
+        images = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+    elif kind == "gaussian":  # i.i.d. N(0.5, 0.25^2) pixels, clipped (as in Hendrycks & Gimpel's noise sets)
+        images = (np.clip(rng.normal(0.5, 0.25, size=(n, size, size, 3)), 0, 1) * 255).round().astype(np.uint8)
+    elif kind == "blobs":  # amorphous shapes with definite edges (Hendrycks et al., Outlier Exposure): binomial
+        from scipy.ndimage import gaussian_filter  # noise p=0.7, blurred (sigma 1 pixel), thresholded at 0.75
+
+        x = rng.binomial(1, 0.7, size=(n, size, size, 3)).astype(np.float64)
+        x = gaussian_filter(x, sigma=(0, 1, 1, 0))
+        images = ((x > 0.75) * 255).astype(np.uint8)
+    else:
+        raise SpecError(f"{s.text}: synthetic sets are uniform, gaussian and blobs, not {kind!r}")
+    return ArrayDataset(images, np.full(n, -1, dtype=np.int64), LabelSpace.unlabeled(), spec=s.text,
+                        ids=[f"{kind}/{i}" for i in range(n)])
+
+
 @register_zoo_dataset("imagenet-samples", splits=("all",), assets=("imagenet-samples",),
                       help="1,000 ImageNet images, one per class (not the validation set)")
 def _zoo_imagenet_samples(split: str, opts: Options) -> ImageDataset:

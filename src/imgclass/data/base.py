@@ -140,7 +140,10 @@ class ArrayDataset(ImageDataset):
         labels = np.asarray(labels).astype(np.int64).reshape(-1)
         if len(labels) != len(images):
             raise UsageError(f"{spec}: {len(images)} images but {len(labels)} labels")
-        if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        if classes.is_unlabeled:
+            if len(labels) and (labels != -1).any():
+                raise UsageError(f"{spec}: an unlabeled dataset's labels must all be -1")
+        elif len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
             raise UsageError(f"{spec}: labels must lie in [0, {len(classes)}), found {labels.min()}..{labels.max()}")
         self.images = images
         self._labels = labels
