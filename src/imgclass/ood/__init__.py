@@ -1,0 +1,1 @@
+"""Out-of-distribution detection: post-hoc detector scores and their metrics."""
