@@ -56,3 +56,19 @@ def test_torchrun_two_processes_equal_one(tmp_path, case):
     assert n == (700 if case == "mirror" else 21)
     if case != "mirror":
         assert one["probes"]["accuracy"]["n_skipped"] == 4
+
+
+@pytest.mark.distributed
+def test_torchrun_ood_probe_gives_the_figures_of_one_process(tmp_path):
+    """Reference: the single-process run. Every OOD detector (those fitted on training features too) and the
+    selective-prediction numbers come out identical with two processes."""
+    mirror_file("mnist/t10k-images-idx3-ubyte.gz")
+    args = ["zoo:cifar10-resnet20", "zoo:cifar10-lossless:test", "--limit", "150", "--batch-size", "32",
+            "--probes", "ood", "--ood-data", "zoo:mnist:test@far,synthetic:blobs?n=70@far",
+            "--set", "ood.ood_limit=90", "--set", "ood.fit_limit=300",
+            "--set", "ood.detectors=msp,energy,gen,mahalanobis,knn,vim,react,ash,odin"]
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    one = _eval(args, tmp_path / "one", 1, store)
+    two = _eval(args, tmp_path / "two", 2, store)
+    assert two["settings"]["world_size"] == 2
+    assert one["probes"]["ood"] == two["probes"]["ood"]

@@ -185,6 +185,10 @@ class Classifier(nn.Module):
                 hk.remove()
         return order
 
+    def logit_layer(self) -> nn.Module:
+        """The layer that produces the logits from the pre-logit features (a Linear for most models)."""
+        return self._logit_layer()
+
     def _logit_layer(self) -> nn.Module:
         """The last module that maps something else to (N, classes): a Linear, an ONNX MatMul/Gemm..."""
         if self._head is None:
