@@ -106,3 +106,32 @@ def test_without_ood_data_or_fit_data(tmp_path):
                    progress=False, store=False)
     o = res["probes"]["ood"]
     assert "knn" not in o["detectors"] and any("fit" in w for w in o["warnings"])
+
+
+def test_covariate_shift_when_corruptions_run(tmp_path):
+    """Reference: scikit-learn's roc_auc_score on energy scores of the clean images and of their corrupted copies
+    computed directly (imgclass.corruptions.corrupt with the run's seed and sample ids); invariant: a stronger
+    corruption is easier to tell apart (severity 5 above severity 1 for every detector)."""
+    from sklearn.metrics import roc_auc_score
+
+    from imgclass.corruptions import corrupt
+
+    res = evaluate("zoo:cifar10-resnet20", "zoo:cifar10-lossless:test", probes=["corruptions", "ood"],
+                   probe_params={"corruptions": {"corruptions": "gaussian_noise", "severities": "1,5",
+                                                 "example_size": 0},
+                                 "ood": {"ood_data": "synthetic:blobs?n=50", "fit_limit": 500}},
+                   limit=200, progress=False, store=False)
+    shift = res["probes"]["ood"]["shift"]
+    for d in shift["detectors"]:
+        assert shift["by_severity"]["5"][d] > shift["by_severity"]["1"][d], d
+    full = load_dataset("zoo:cifar10-lossless:test")
+    idx = np.sort(np.random.default_rng(0).choice(len(full), size=200, replace=False))
+    ds = full.subset(idx)
+    clf = load_model("zoo:cifar10-resnet20").eval()
+    x = torch.stack([ds.load(i) for i in range(len(ds))])
+    xc = corrupt(x, "gaussian_noise", 5, seed=0, sample_ids=[ds.sample_id(i) for i in range(len(ds))],
+                 params="cifar10")
+    with torch.no_grad():
+        clean, bad = (torch.logsumexp(clf(t.float() / 255), 1).numpy() for t in (x, xc))
+    want = roc_auc_score(np.r_[np.ones(200), np.zeros(200)], np.r_[clean, bad])
+    assert shift["by_corruption"]["gaussian_noise"]["5"]["energy"] == pytest.approx(want, abs=1e-4)

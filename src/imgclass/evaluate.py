@@ -99,6 +99,7 @@ def evaluate(
     alignment = engine.alignment(ds)
     table = SampleTable(np.array([ds.sample_id(i) for i in range(len(ds))], dtype=str), ds.labels)
     ctx = ProbeContext(clf, ds, engine, seed=seed, samples=table)
+    ctx.shared["probes"] = {name: p.params for name, p in instances.items()}  # who else runs, with what settings
     group, group_label = clf.group()
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,

@@ -38,7 +38,7 @@ FAMILIES = {"noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
             "extra": ("speckle_noise", "gaussian_blur", "spatter", "saturate")}
 
 
-def _names(value) -> tuple[str, ...]:
+def corruption_names(value) -> tuple[str, ...]:
     """Corruption names (a list, a comma-separated string, or a group: all, common, extra), each checked by the
     corruption registry."""
     from ..corruptions import COMMON, CORRUPTIONS, EXTRA
@@ -60,7 +60,7 @@ def _names(value) -> tuple[str, ...]:
     return names
 
 
-def _severities(value) -> tuple[int, ...]:
+def corruption_severities(value) -> tuple[int, ...]:
     if isinstance(value, str):
         value = [v for v in value.replace(" ", "").split(",") if v]
     if isinstance(value, (int, np.integer)):
@@ -126,8 +126,8 @@ class CorruptionsProbe(Probe):
     def run(self, ctx: ProbeContext) -> dict:
         from ..corruptions import COMMON, PARAM_SETS, corrupt
 
-        names = _names(self.params.corruptions)
-        sevs = _severities(self.params.severities)
+        names = corruption_names(self.params.corruptions)
+        sevs = corruption_severities(self.params.severities)
         size = ctx.classifier.config.input_size[1]
         pset = self.params.params or ("cifar10" if size <= 64 else "imagenet")
         if pset not in PARAM_SETS:

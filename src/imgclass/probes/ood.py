@@ -20,6 +20,18 @@ NEED_FIT = {"mahalanobis", "knn", "vim", "react"}
 DEFAULT = ("msp", "max_logit", "energy", "entropy", "gen", "mahalanobis", "knn", "vim", "react", "ash")
 
 
+def _roc_points(id_scores: np.ndarray, ood_scores: np.ndarray, n: int = 101) -> dict:
+    """The ROC curve (ID positive) at ``n`` false-positive rates, for the report."""
+    thr = np.unique(np.concatenate([id_scores, ood_scores]))[::-1]  # descending thresholds
+    ids, oods = np.sort(id_scores), np.sort(ood_scores)
+    tp = len(ids) - np.searchsorted(ids, thr, side="left")  # ID scores >= threshold
+    fp = len(oods) - np.searchsorted(oods, thr, side="left")
+    fpr = np.concatenate([[0.0], fp / max(len(oods), 1)])
+    tpr = np.concatenate([[0.0], tp / max(len(ids), 1)])
+    grid = np.linspace(0, 1, n)
+    return {"fpr": grid.tolist(), "tpr": np.interp(grid, fpr, tpr).tolist()}
+
+
 def _split_sets(value) -> list[tuple[str, str | None]]:
     """``zoo:mnist:test@far,synthetic:uniform`` -> [(spec, tag)]; tags: near, far."""
     items = value.split(",") if isinstance(value, str) else list(value or ())
@@ -86,6 +98,10 @@ class OODProbe(Probe):
         odin_temperature: float = 1000.0
         odin_eps: float = 0.0014
         coverages: tuple[float, ...] = (0.8, 0.9, 0.95)
+        # covariate shift: AUROC of clean against corrupted in-distribution images, per severity. Default: the
+        # corruptions and severities of the corruptions probe when it runs too; "none" turns it off
+        shift_corruptions: tuple[str, ...] | str | None = None
+        shift_severities: tuple[int, ...] | str | None = None
 
     def _fit_spec(self, ctx: ProbeContext) -> str | None:
         if self.params.fit_data:
@@ -170,9 +186,11 @@ class OODProbe(Probe):
             fitted["vim"] = D.ViM().fit(fit_f, W, b, dim=p.vim_dim or fit_f.shape[1] // 2)
         react_t = D.react_threshold(fit_f, percentile=p.react_percentile) if "react" in names else None
 
-        def scores(logits, f, x_ds=None) -> dict[str, np.ndarray]:
+        self._names_run = list(names)
+
+        def scores(logits, f, x_ds=None, only=None) -> dict[str, np.ndarray]:
             out = {}
-            for d in names:
+            for d in (names if only is None else only):
                 if d == "msp":
                     s = D.msp(logits)
                 elif d == "max_logit":
@@ -215,15 +233,20 @@ class OODProbe(Probe):
             for what in ("auroc", "fpr95", "aupr_in", "aupr_out"):
                 res[what][spec] = {}
             res["histograms"][spec] = {}
+            res.setdefault("roc", {})[spec] = {}
             for d in names:
                 m = M.ood_metrics(id_scores[d], sc[d])
                 for what in ("auroc", "fpr95", "aupr_in", "aupr_out"):
                     res[what][spec][d] = m[what]
+                res["roc"][spec][d] = _roc_points(id_scores[d], sc[d])
                 lo_, hi_ = float(min(id_scores[d].min(), sc[d].min())), float(max(id_scores[d].max(), sc[d].max()))
                 edges = np.linspace(lo_, hi_ if hi_ > lo_ else lo_ + 1, 31)
                 res["histograms"][spec][d] = {"edges": edges.tolist(),
                                               "id": np.histogram(id_scores[d], edges)[0].tolist(),
                                               "ood": np.histogram(sc[d], edges)[0].tolist()}
+        shift = self._shift(ctx, id_scores, scores)
+        if shift:
+            res["shift"] = shift
         for tag in ("near", "far"):
             tagged = [s for s, t in sets if t == tag]
             if tagged:
@@ -244,6 +267,46 @@ class OODProbe(Probe):
                 res["risk_coverage"][d] = {"coverage": np.asarray(cov)[pick].tolist(),
                                            "risk": np.asarray(risk)[pick].tolist()}
         return res
+
+    def _shift(self, ctx: ProbeContext, id_scores: dict, scores) -> dict | None:
+        """Per severity (mean over corruptions) and per corruption: AUROC of clean against corrupted ID images."""
+        from ..corruptions import corrupt
+        from ..ood import metrics as M
+        from .corruptions import corruption_names, corruption_severities
+
+        p = self.params
+        other = ctx.shared.get("probes", {}).get("corruptions")
+        if isinstance(p.shift_corruptions, str) and p.shift_corruptions.strip().lower() == "none":
+            return None
+        if p.shift_corruptions is None and other is None:
+            return None
+        names = corruption_names(p.shift_corruptions if p.shift_corruptions is not None else other.corruptions)
+        sevs = corruption_severities(p.shift_severities if p.shift_severities is not None else
+                                     (other.severities if other is not None else (1, 2, 3, 4, 5)))
+        size = ctx.classifier.config.input_size[1]
+        pset = (other.params if other is not None and other.params else None) or ("cifar10" if size <= 64 else
+                                                                                   "imagenet")
+        eng, clf, ds = ctx.engine, ctx.classifier, ctx.dataset
+        dets = [d for d in self._names_run if d != "odin"]
+        out: dict = {"corruptions": list(names), "severities": list(sevs), "parameter_set": pset, "detectors": dets,
+                     "by_corruption": {}, "by_severity": {}}
+        for name in names:
+            out["by_corruption"][name] = {}
+            for s in sevs:
+                def fn(b, name=name, s=s):
+                    ids = [ds.sample_id(int(i)) for i in b.indices]
+                    x = eng.to_float(corrupt(b.images, name, s, seed=ctx.seed, sample_ids=ids, params=pset))
+                    with torch.no_grad():
+                        f = clf.features(x).float()
+                        return {"logits": clf.logit_layer()(f).float() if self._head_ok else clf(x).float(), "f": f}
+
+                o = eng.map(ds, fn, desc=f"ood shift: {name} {s}").outputs
+                sc = scores(o["logits"].cpu(), o["f"].cpu(), None, only=dets)
+                out["by_corruption"][name][str(s)] = {d: M.ood_metrics(id_scores[d], sc[d])["auroc"] for d in dets}
+        for s in sevs:
+            out["by_severity"][str(s)] = {d: float(np.mean([out["by_corruption"][c][str(s)][d] for c in names]))
+                                          for d in dets}
+        return out
 
     def _odin(self, ctx: ProbeContext, ds) -> np.ndarray:
         from ..ood import detectors as D
@@ -294,6 +357,24 @@ class OODProbe(Probe):
             axes.flat[0].legend(fontsize=7)
             fig.tight_layout()
             sec.figure(fig, f"Score histograms, in-distribution against {s} (higher = more in-distribution)")
+        for s, per in (r.get("roc") or {}).items():
+            fig, ax = plt.subplots(figsize=(4.2, 3.6))
+            for d, c in per.items():
+                ax.plot(c["fpr"], c["tpr"], label=f"{d} ({r['auroc'][s][d]:.3f})", lw=1)
+            ax.plot([0, 1], [0, 1], color="#999", lw=0.8, ls="--")
+            ax.set_xlabel("false-positive rate (OOD accepted)")
+            ax.set_ylabel("true-positive rate (ID accepted)")
+            ax.legend(fontsize=6)
+            sec.figure(fig, f"ROC curves against {s} (AUROC in the legend)")
+        shift = r.get("shift")
+        if shift:
+            sec.html("<h3>Covariate shift: clean against corrupted in-distribution images</h3>")
+            sec.p(f"AUROC of each detector separating the clean images from their corrupted copies "
+                  f"({', '.join(shift['corruptions'])}; {shift['parameter_set']} parameters), mean over the "
+                  "corruptions per severity: near 0.5, the detector does not see the shift.")
+            sevs = list(shift["by_severity"])
+            sec.table(["detector"] + [f"severity {k}" for k in sevs],
+                      [(d, *[shift["by_severity"][k][d] for k in sevs]) for d in shift["detectors"]])
         if r.get("risk_coverage"):
             fig, ax = plt.subplots(figsize=(5, 3.5))
             for d, rc in r["risk_coverage"].items():
