@@ -293,6 +293,16 @@ def _zoo_mnist(split: str, opts: Options) -> ImageDataset:
     return load_idx(images.parent, split="test", spec="zoo:mnist:test")
 
 
+@register_zoo_dataset("imagenet-near-ood-cifar10", splits=("all",), assets=("imagenet-samples",),
+                      help="near-OOD set for CIFAR-10 models: the zoo:imagenet-samples images of the ImageNet "
+                           "classes that overlap no CIFAR-10 class (data/cifar10_imagenet_overlap.tsv lists the "
+                           "removed ones), short side to 32 (PIL BOX) and centre-cropped; unlabeled")
+def _zoo_imagenet_near_ood_cifar10(split: str, opts: Options) -> ImageDataset:
+    from .near_ood import imagenet_near_ood_cifar10
+
+    return imagenet_near_ood_cifar10(_zoo_imagenet_samples("all", opts))
+
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package
 
 
