@@ -231,7 +231,7 @@ def test_unknown_corruption_names_get_the_registrys_message():
     probe adds its group names."""
     from imgclass.corruptions import get_params
     from imgclass.corruptions.base import REGISTRY
-    from imgclass.probes.corruptions import _names
+    from imgclass.probes.corruptions import corruption_names
 
     with pytest.raises(UnknownNameError) as want:
         REGISTRY["fogg"]
@@ -245,11 +245,11 @@ def test_unknown_corruption_names_get_the_registrys_message():
             call()
         assert str(got.value) == str(want.value)
     with pytest.raises(UnknownNameError) as got:
-        _names("contrast, fogg")
+        corruption_names("contrast, fogg")
     assert str(got.value) == f"{want.value}; or a group: all, common, extra"
     with pytest.raises(UsageError, match="no corruptions given"):
-        _names(" , ")
-    assert _names("fog, contrast") == ("fog", "contrast") and _names("extra") == EXTRA
+        corruption_names(" , ")
+    assert corruption_names("fog, contrast") == ("fog", "contrast") and corruption_names("extra") == EXTRA
 
 
 def test_bad_input_gets_a_clear_error():
