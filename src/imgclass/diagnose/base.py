@@ -4,7 +4,6 @@ probabilities and features computed once, raw images in batches), and the flagge
 from __future__ import annotations
 
 import abc
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 
 from ..data.base import ImageDataset
-from ..errors import ParameterError, UsageError
+from ..errors import UsageError
 from ..registry import Registry
 from ..results.models import ProbeResult
 
@@ -60,14 +59,9 @@ class Check(abc.ABC):
         pass
 
     def __init__(self, **params: Any):
-        fields = {f.name for f in dataclasses.fields(self.Params)}
-        unknown = set(params) - fields
-        if unknown:
-            raise ParameterError(f"check {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}; "
-                                 f"parameters: {', '.join(sorted(fields)) or 'none'}")
-        from ..probes.base import listed_params
+        from ..probes.base import build_params
 
-        self.params = self.Params(**listed_params(self.Params, params))
+        self.params = build_params(self.Params, params, owner=f"check {self.name!r}")
 
     @abc.abstractmethod
     def run(self, ctx: "DiagnoseContext") -> tuple[dict, list[Flag]]:

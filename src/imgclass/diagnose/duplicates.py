@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from .properties import as_uint8_array
 
 __all__ = ["pixel_hashes", "phash", "exact_groups", "near_pairs", "semantic_pairs", "leakage_accuracy",
            "DEFAULT_MAX_DISTANCE"]
@@ -83,13 +84,6 @@ def _layout_of(shape: tuple[int, ...], layout: str | None, tensor: bool = False)
     raise UsageError(f"cannot tell the channel axis of images of shape {shape}: pass layout='chw' or 'hwc'")
 
 
-def _as_numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x)
-    if x.dtype != np.uint8:
-        raise UsageError(f"images must be uint8, not {x.dtype}")
-    return x
 
 
 def _pieces(images, layout: str | None) -> tuple[int, list[tuple[int, np.ndarray]]]:
@@ -97,7 +91,7 @@ def _pieces(images, layout: str | None) -> tuple[int, list[tuple[int, np.ndarray
     at most ``_MAX_VALUES`` pixels, or a sequence of single images of any sizes ((C, H, W), (H, W, C), (H, W))."""
     if isinstance(images, (np.ndarray, torch.Tensor)):
         tensor = isinstance(images, torch.Tensor)
-        x = _as_numpy(images)
+        x = as_uint8_array(images)
         if x.ndim == 3:  # gray
             x, layout = x[..., None], "hwc"
         if x.ndim != 4:
@@ -110,7 +104,7 @@ def _pieces(images, layout: str | None) -> tuple[int, list[tuple[int, np.ndarray
     out = []
     for i, im in enumerate(images):
         tensor = isinstance(im, torch.Tensor)
-        a = _as_numpy(im)
+        a = as_uint8_array(im)
         one = layout
         if a.ndim == 2:  # gray
             a, one = a[..., None], "hwc"

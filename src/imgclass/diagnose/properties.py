@@ -67,7 +67,8 @@ _TERMS = (0.241 * (_V * _V), 0.691 * (_V * _V), 0.068 * (_V * _V))  # cleanvisio
 # -- images in -------------------------------------------------------------------------------------------------
 
 
-def _as_numpy(x) -> np.ndarray:
+def as_uint8_array(x) -> np.ndarray:
+    """A tensor or array of uint8 images as a numpy array (other dtypes are refused: images are uint8 here)."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
@@ -79,11 +80,11 @@ def _as_numpy(x) -> np.ndarray:
 def _groups(images) -> tuple[int, list[tuple[np.ndarray, np.ndarray]]]:
     """(N, [(positions, (n, C, H, W) uint8)]): images of one shape together."""
     if isinstance(images, (np.ndarray, torch.Tensor)):
-        x = _as_numpy(images)
+        x = as_uint8_array(images)
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise UsageError(f"images must be (N, 3, H, W) or (N, 1, H, W) uint8, not shape {tuple(x.shape)}")
         return len(x), ([(np.arange(len(x)), x)] if len(x) else [])
-    items = [_as_numpy(im) for im in images]
+    items = [as_uint8_array(im) for im in images]
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, im in enumerate(items):
         if im.ndim != 3 or im.shape[0] not in (1, 3):

@@ -20,7 +20,7 @@ from ..results.models import Metric, ProbeResult
 from ..results.samples import SampleTable
 
 __all__ = ["Probe", "ProbeContext", "CliFlag", "PROBES", "register_probe", "get_probe", "to_jsonable", "Metric",
-           "ProbeResult", "listed_params"]
+           "ProbeResult", "listed_params", "build_params"]
 
 PROBES: Registry[type["Probe"]] = Registry("probe")
 
@@ -101,16 +101,7 @@ class Probe(abc.ABC):
         pass
 
     def __init__(self, **params: Any):
-        fields = {f.name for f in dataclasses.fields(self.Params)}
-        unknown = set(params) - fields
-        if unknown:
-            import difflib
-
-            close = sorted({c for u in unknown for c in difflib.get_close_matches(u, fields, n=2)})
-            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-            raise ParameterError(f"probe {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}{hint}; "
-                                 f"parameters: {', '.join(sorted(fields)) or 'none'}")
-        self.params = self.Params(**listed_params(self.Params, params))
+        self.params = build_params(self.Params, params, owner=f"probe {self.name!r}")
 
     def param_dict(self) -> dict:
         return to_jsonable(dataclasses.asdict(self.params))
@@ -126,6 +117,21 @@ class Probe(abc.ABC):
     def summary(self, result: ProbeResult) -> list[tuple[str, str]]:
         """(label, value) pairs for the CLI table and the report summary."""
         return []
+
+
+def build_params(params_cls, params: dict, *, owner: str):
+    """``params_cls(**params)`` for a probe or a check: unknown names are a ParameterError with the close matches
+    and the list; list parameters given as one string are split (``listed_params``)."""
+    fields = {f.name for f in dataclasses.fields(params_cls)}
+    unknown = set(params) - fields
+    if unknown:
+        import difflib
+
+        close = sorted({c for u in unknown for c in difflib.get_close_matches(u, fields, n=2)})
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise ParameterError(f"{owner} has no parameter(s) {', '.join(sorted(unknown))}{hint}; "
+                             f"parameters: {', '.join(sorted(fields)) or 'none'}")
+    return params_cls(**listed_params(params_cls, params))
 
 
 def listed_params(params_cls, params: dict) -> dict:
