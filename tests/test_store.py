@@ -392,3 +392,13 @@ def test_cli_import_list_show_rm(store_url, tmp_path, capsys):
     assert f"removed run {cifar_id}" in capsys.readouterr().out
     assert main(["runs", "show", str(cifar_id), "--store", store_url]) == 1
     assert _one_line(capsys.readouterr().err).startswith(f"error: no run {cifar_id} in ")
+
+
+def test_cli_import_of_nothing_readable_exits_1(store_url, tmp_path, capsys):
+    """Invariant: `runs import` of paths that hold no readable results.json (a typo) indexes nothing, lists why,
+    and exits 1; re-importing files already in the store is not an error (exit 0)."""
+    assert main(["runs", "import", str(tmp_path / "typo"), "--quiet", "--store", store_url]) == 1
+    assert "no such file or folder" in capsys.readouterr().out
+    assert main(["runs", "import", str(CIFAR), "--quiet", "--store", store_url]) == 0
+    assert main(["runs", "import", str(CIFAR), "--quiet", "--store", store_url]) == 0
+    assert "already in the store" in capsys.readouterr().out

@@ -130,7 +130,8 @@ def _import(args: argparse.Namespace) -> int:
     for path, reason in skipped:
         print(f"skipped {path}: {reason}")
     print(f"indexed {len(ids)} run(s) into {shown}, skipped {len(skipped)}")
-    return 0
+    unreadable = [p for p, reason in skipped if not reason.startswith("already in the store")]
+    return 1 if unreadable and not ids else 0  # nothing indexed and something unreadable: a typo, say so
 
 
 # -- formatting ---------------------------------------------------------------------------------------------------

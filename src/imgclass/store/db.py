@@ -122,7 +122,8 @@ class Store:
             else:
                 skipped.append((str(p), "no such file or folder"))
         ids: list[int] = []
-        bar = tqdm(total=len(files), desc="import", unit="file", disable=not progress, leave=False, dynamic_ncols=True)
+        bar = tqdm(total=len(files), desc="import", unit="file", disable=not progress or not files, leave=False,
+                   dynamic_ncols=True)
         for start in range(0, len(files), IMPORT_CHUNK):  # one query and one transaction per chunk, not per file
             chunk = files[start:start + IMPORT_CHUNK]
             texts: dict[Path, tuple[str, bytes]] = {}
