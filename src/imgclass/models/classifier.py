@@ -161,6 +161,68 @@ class Classifier(nn.Module):
             h.remove()
         return captured["x"].flatten(1)
 
+    PRE_LOGITS = "pre_logits"  # the layer name that stands for ``features(x)`` in ``layer_features``
+
+    def layer_names(self) -> list[str]:
+        """Names accepted by ``layer_features``: ``pre_logits`` and every named module of the wrapped model."""
+        return [self.PRE_LOGITS] + [n for n, _ in self.model.named_modules() if n]
+
+    def layer_features(self, x: torch.Tensor, layers: list[str], *, tokens: str = "mean") -> dict[str, torch.Tensor]:
+        """(N, C) features of named modules of the wrapped model (``dict(model.named_modules())[name]``) for pixels
+        ``x``, from one forward pass with forward hooks; ``pre_logits`` is ``features(x)``.
+
+        A module's (first tensor) output is reduced to (N, C): 4-D outputs are global-average-pooled over the
+        spatial axes (NCHW; NHWC for a model with ``layout='nhwc'``), 3-D token outputs (N, T, C) are averaged over
+        the tokens (``tokens='mean'``) or give their first, class token (``tokens='cls'``), others are flattened.
+        An unknown name is a UsageError naming it with the close matches.
+        """
+        if tokens not in {"mean", "cls"}:
+            raise UsageError(f"tokens must be 'mean' or 'cls', got {tokens!r}")
+        mods = dict(self.model.named_modules())
+        unknown = [n for n in layers if n != self.PRE_LOGITS and (not n or n not in mods)]
+        if unknown:
+            import difflib
+
+            names = self.layer_names()
+            close = sorted({c for u in unknown for c in difflib.get_close_matches(u, names, n=3, cutoff=0.5)})
+            hint = f"; close: {', '.join(close)}" if close else ""
+            raise UsageError(f"{self.source}: no layer named {', '.join(map(repr, unknown))}{hint} (names: "
+                             f"{self.PRE_LOGITS} or a module of the model, {len(names) - 1} in all, e.g. "
+                             f"{', '.join(n for n in names[1:] if '.' not in n)})")
+        nhwc = self.config.layout == "nhwc"
+
+        def pool(out) -> torch.Tensor:
+            if isinstance(out, (tuple, list)):
+                out = next(o for o in out if torch.is_tensor(o))
+            if out.dim() == 4:
+                return out.mean((1, 2) if nhwc else (2, 3))
+            if out.dim() == 3:
+                return out.mean(1) if tokens == "mean" else out[:, 0]
+            return out.flatten(1) if out.dim() > 1 else out.view(-1, 1)
+
+        captured: dict[str, torch.Tensor] = {}
+        hooks = []
+        def hook(name):
+            def fn(_mod, _inp, out) -> None:  # returns None: the module's output is left as it is
+                if name not in captured:  # a module called twice: its first call
+                    captured[name] = pool(out)
+            return fn
+
+        for name in dict.fromkeys(n for n in layers if n != self.PRE_LOGITS):
+            hooks.append(mods[name].register_forward_hook(hook(name)))
+        try:
+            if self.PRE_LOGITS in layers:
+                captured[self.PRE_LOGITS] = self.features(x)
+            if any(n not in captured for n in layers):  # e.g. the logit layer, which features() does not run
+                self.forward(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        missing = [n for n in layers if n not in captured]
+        if missing:
+            raise UsageError(f"{self.source}: layer(s) {', '.join(missing)} did not run in the forward pass")
+        return {n: captured[n] for n in layers}
+
     def _trace_leaves(self) -> list[tuple[str, nn.Module, tuple, tuple]]:
         """Leaf modules in execution order with their (first) input and output shapes, from one forward pass."""
         order: list[tuple[str, nn.Module, tuple, tuple]] = []
