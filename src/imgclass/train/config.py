@@ -82,6 +82,43 @@ class TrainConfig:
     adv_step_size: float | None = None  # default 2.5 * eps / steps
     trades_beta: float = 6.0
     advprop: bool = False  # auxiliary batch norm for adversarial examples (Xie et al. 2020), clean+adv loss
+    # -- self-supervised pretraining ---------------------------------------------------------------
+    # Defaults follow lightly's CIFAR-10 benchmark (docs "Benchmarks", cifar10_benchmark.py: ResNet-18 with the CIFAR
+    # stem, 200 epochs, batch 128, blur off at 32 px) where it sets a value, else the method's paper; None = the
+    # method's own default, named in the comment. Implementation: imgclass.train.ssl.
+    ssl: str | None = None  # none | simclr | byol | dino | rotnet | simmim (labels unused; kNN monitor validates)
+    ssl_proj_hidden: int | None = None  # projection MLP hidden width; None: 512 SimCLR, 1024 BYOL (also the
+    #   predictor's), 2048 DINO (lightly benchmark: SimCLRProjectionHead(512, 512, 128), BYOLProjectionHead(512,
+    #   1024, 256), DINOProjectionHead(512, 2048, 256, 2048, batch_norm=True) with 2 layers)
+    ssl_proj_dim: int | None = None  # projection output; None: 128 SimCLR, 256 BYOL and DINO (DINO's bottleneck)
+    ssl_temperature: float = 0.5  # SimCLR NT-Xent temperature (lightly NTXentLoss default, used by the benchmark)
+    ssl_momentum: float = 0.99  # BYOL/DINO teacher EMA momentum at the start, cosine-increased to 1 by the end of
+    #   the run (lightly benchmark: m=0.99; BYOL's cosine schedule to 1, as lightly's cosine_schedule(.., 0.99, 1))
+    ssl_dino_out_dim: int = 2048  # DINO head output dimension (lightly benchmark: DINOLoss(output_dim=2048))
+    ssl_teacher_temp: float = 0.04  # DINO teacher temperature after warmup (DINO / lightly DINOLoss default)
+    ssl_warmup_teacher_temp: float = 0.04  # DINO teacher temperature at epoch 0, linear to ssl_teacher_temp
+    ssl_teacher_temp_epochs: int = 30  # DINO teacher-temperature warmup epochs (DINO / lightly DINOLoss default)
+    ssl_student_temp: float = 0.1  # DINO student temperature (DINO / lightly DINOLoss default)
+    ssl_center_momentum: float = 0.9  # DINO center EMA momentum (DINO / lightly DINOLoss default)
+    ssl_local_crops: int = 0  # DINO local views (lightly benchmark on 32 px CIFAR: n_local_views=0; DINO: 6-10)
+    ssl_local_size: int = 16  # DINO local crop side (DINO: 96 of 224; ~half the 32 px global crop here)
+    ssl_local_scale: tuple[float, float] = (0.05, 0.4)  # DINO local crop area range (DINO / lightly DINOTransform)
+    ssl_global_crop_scale: tuple[float, float] | None = None  # RandomResizedCrop area range of the global views;
+    #   None: (0.08, 1) SimCLR and BYOL (lightly SimCLRTransform / BYOLView min_scale), (0.4, 1) DINO (DINOTransform)
+    ssl_color_jitter: float = 0.5  # colour-jitter strength s, applied with p=0.8: ColorJitter(0.8s, 0.8s, 0.8s, 0.2s)
+    #   for SimCLR, (0.8s, 0.8s, 0.4s, 0.2s) for BYOL/DINO (s=0.5: BYOL's 0.4/0.4/0.2/0.1); lightly benchmark
+    #   SimCLRTransform(cj_strength=0.5), DINOTransform(cj_strength=0.5); SimCLR paper B.9: s=0.5 on CIFAR-10
+    ssl_gray_prob: float = 0.2  # RandomGrayscale probability (SimCLR, BYOL, DINO; lightly transforms' default)
+    ssl_blur: tuple[float, float, float] = (0.0, 0.0, 0.0)  # Gaussian-blur probability of view 1, view 2 and DINO's
+    #   local views (lightly benchmark: blur off on CIFAR; papers on ImageNet: SimCLR .5 .5, BYOL 1 .1, DINO 1 .1 .5)
+    ssl_solarize: tuple[float, float] | None = None  # solarization probability of view 1 and view 2; None: 0, 0
+    #   for SimCLR, 0, 0.2 for BYOL and DINO (BYOL Table 6; lightly BYOLView2Transform / DINOTransform)
+    ssl_mask_ratio: float = 0.6  # SimMIM: fraction of mask patches masked (SimMIM default, Xie et al. 2022)
+    ssl_mask_patch: int = 8  # SimMIM mask-patch side in pixels, a multiple of the ViT patch (SimMIM: 32 = 2 ViT
+    #   patches of 16 at 224 px; the same 2 patches of 4 at 32 px)
+    knn_k: int = 200  # online kNN monitor: neighbours (lightly benchmark knn_k=200; InstDisc, Wu et al. 2018)
+    knn_t: float = 0.1  # online kNN monitor: temperature of the similarity weights (lightly benchmark knn_t=0.1)
+    knn_bank: int | None = 10000  # monitor bank: a seeded subset of this many training images; none = all
     # -- engineering -------------------------------------------------------------------------------
     seed: int = 0
     device: str | None = None  # default: cuda if available
@@ -122,11 +159,18 @@ _CHOICES = {
     "kd": ("soft", "function_matching"),
     "adv": (None, "pgd", "trades"),
     "sched": ("cosine", "step", "multistep", "plateau", "poly", "tanh"),
+    "ssl": (None, "simclr", "byol", "dino", "rotnet", "simmim"),
 }
 _AT_LEAST = {"epochs": 1, "batch_size": 1, "accum_steps": 1, "max_steps": 1, "subset": 1, "eval_every": 1,
              "checkpoint_every": 0, "image_size": 1, "adv_steps": 1, "lr": 0.0, "weight_decay": 0.0,
-             "warmup_epochs": 0.0, "pad": 0, "mixup": 0.0, "cutmix": 0.0, "kd_temperature": 0.0, "adv_eps": 0.0}
-_FRACTIONS = ("label_smoothing", "mix_prob", "mix_switch_prob", "random_erasing", "ema_decay", "kd_alpha")
+             "warmup_epochs": 0.0, "pad": 0, "mixup": 0.0, "cutmix": 0.0, "kd_temperature": 0.0, "adv_eps": 0.0,
+             "ssl_proj_hidden": 1, "ssl_proj_dim": 1, "ssl_dino_out_dim": 1, "ssl_temperature": 1e-3,
+             "ssl_teacher_temp": 1e-3, "ssl_warmup_teacher_temp": 1e-3, "ssl_student_temp": 1e-3,
+             "ssl_teacher_temp_epochs": 0, "ssl_local_crops": 0, "ssl_local_size": 1, "ssl_color_jitter": 0.0,
+             "ssl_mask_patch": 1, "knn_k": 1, "knn_t": 1e-3, "knn_bank": 1}
+_FRACTIONS = ("label_smoothing", "mix_prob", "mix_switch_prob", "random_erasing", "ema_decay", "kd_alpha",
+              "ssl_momentum", "ssl_center_momentum", "ssl_gray_prob", "ssl_mask_ratio", "ssl_blur", "ssl_solarize",
+              "ssl_local_scale", "ssl_global_crop_scale")  # a list setting: each value; none: not checked
 
 
 def _type_name(t) -> str:
@@ -203,8 +247,9 @@ def _check(cfg: "TrainConfig") -> None:
         if value is not None and value < low:
             raise UsageError(f"training setting {name} must be at least {low}, got {value!r}")
     for name in _FRACTIONS:
-        if not 0.0 <= getattr(cfg, name) <= 1.0:
-            raise UsageError(f"training setting {name} must lie in [0, 1], got {getattr(cfg, name)!r}")
+        value = getattr(cfg, name)
+        if value is not None and not all(0.0 <= v <= 1.0 for v in (value if isinstance(value, tuple) else (value,))):
+            raise UsageError(f"training setting {name} must lie in [0, 1], got {value!r}")
 
 
 def list_recipes() -> list[str]:
