@@ -85,6 +85,14 @@ def _resnet9(num_classes: int = 10, **kw) -> nn.Module:
     return ResNet9(num_classes, **kw)
 
 
+@register_arch("cifar_resnet18")
+def _resnet18_cifar(num_classes: int = 10, **kw) -> nn.Module:
+    """torchvision's ResNet-18 with the CIFAR stem (3x3 stride-1 conv, no max-pool)."""
+    from .cifar_resnet import CifarResNet18
+
+    return CifarResNet18(num_classes, **kw)
+
+
 def build_arch(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """Instantiate an architecture by name, randomly initialised."""
     if arch.startswith("timm:"):

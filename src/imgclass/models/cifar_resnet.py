@@ -2,6 +2,7 @@
 
 Shortcut "option A": parameter-free; when the shape changes, subsample by 2 and zero-pad channels.
 State-dict keys follow the published weights of akamaster/pytorch_resnet_cifar10, so they load as is.
+Also ResNet-9 (Page 2018) and ResNet-18 with the CIFAR stem (the self-supervised benchmarks' backbone).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from torch import nn
 
 from ..errors import UsageError
 
-__all__ = ["CifarResNet", "ResNet9", "cifar_resnet"]
+__all__ = ["CifarResNet", "CifarResNet18", "ResNet9", "cifar_resnet"]
 
 
 class _PadShortcut(nn.Module):
@@ -146,3 +147,40 @@ class ResNet9(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.linear = nn.Linear(self.num_features, num_classes, bias=False)
+
+
+class CifarResNet18(nn.Module):
+    """torchvision's ResNet-18 with the CIFAR stem: a 3x3 stride-1 first convolution and no max-pool, so 32x32
+    inputs reach the last stage at 4x4 (the backbone of lightly's CIFAR-10 benchmark, ResNetGenerator('resnet-18'),
+    and of SimCLR's CIFAR experiments). State-dict keys are torchvision's; timm's model interface."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, zero_init_last: bool = False):
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock as TvBasicBlock, ResNet
+
+        net = ResNet(TvBasicBlock, [2, 2, 2, 2], num_classes=num_classes, zero_init_residual=zero_init_last)
+        net.conv1 = nn.Conv2d(in_chans, 64, 3, 1, 1, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision inits convs
+        net.maxpool = nn.Identity()
+        self.num_classes = num_classes
+        self.num_features = 512
+        for name in ("conv1", "bn1", "relu", "layer1", "layer2", "layer3", "layer4", "fc"):
+            self.add_module(name, getattr(net, name))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=(2, 3))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes)
