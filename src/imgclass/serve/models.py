@@ -1,0 +1,143 @@
+"""A loaded model as the server uses it: the same decode and eval resize/crop as ``imgclass eval``, predictions through
+the evaluation engine behind a dynamic batcher, and a private copy of the model for the work that takes gradients
+(explanations, attacks), watched at every forward pass for progress and time limits."""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data.decode import DEFAULT_MAX_PIXELS, decode_image
+from ..data.transforms import EvalTransform
+from ..engine import Engine
+from ..models.classifier import Classifier
+from .batcher import DynamicBatcher
+from .jobs import Job
+
+__all__ = ["ModelSlot", "decode_upload", "top_k", "SMALL_SIDE"]
+
+SMALL_SIDE = 64  # images up to this size get the CIFAR-10-C corruption parameters (as `imgclass corrupt` decides)
+
+
+def decode_upload(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Encoded image bytes to a uint8 ``(3, H, W)`` tensor with the toolkit's decoder (bomb, truncation and format
+    checks: :class:`imgclass.data.decode.ImageError`)."""
+    arr = decode_image(data, name, max_pixels=max_pixels)
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+
+
+def top_k(probs: torch.Tensor, names: list[str], k: int = 5) -> list[dict]:
+    """The ``k`` most probable classes of one probability vector, as ``{index, class, probability}``."""
+    k = min(k, probs.numel())
+    p, i = torch.topk(probs.float(), k)
+    return [{"index": int(j), "class": names[int(j)], "probability": float(q)} for q, j in zip(p, i)]
+
+
+@dataclass
+class _Watch:
+    job: Job | None = None
+
+
+class ModelSlot:
+    """One served model: ``spec``, the classifier, its evaluation engine and transform, a dynamic batcher for
+    predictions, and a copy of the model for gradient work (one job at a time per model)."""
+
+    def __init__(self, spec: str, classifier: Classifier, *, device: str | None = "cpu", max_batch: int = 32,
+                 window_ms: float = 5.0):
+        self.spec = spec
+        self.classifier = classifier
+        # the evaluation engine `imgclass eval` uses: same device handling, inference copy, precision
+        self.engine = Engine(classifier, device=device, workers=0, progress=False, batch_size=max_batch)
+        self.transform = EvalTransform.for_model(classifier.config)
+        self.batcher = DynamicBatcher(self._predict_batch, max_batch=max_batch, window_ms=window_ms, name=spec)
+        self.names = classifier.class_names
+        self._grad_model: Classifier | None = None
+        self._watch = _Watch()
+        self.job_lock = threading.Lock()  # gradient work: one job at a time on this model's copy
+
+    # -- predictions -------------------------------------------------------------------------------------------------
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """The model's eval resize/crop of a decoded uint8 ``(3, H, W)`` image (as ``imgclass eval`` applies it)."""
+        return self.transform(image)
+
+    def _predict_batch(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.engine
+        with torch.inference_mode():
+            logits = e.logits(e.to_float(x.to(e.device)))
+            return torch.softmax(logits.float(), 1).cpu()
+
+    def predict_now(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities of a uint8 batch of model-size images, without the batcher (the reference it is held to)."""
+        return self._predict_batch(x)
+
+    async def probabilities(self, model_input: torch.Tensor) -> torch.Tensor:
+        """Probabilities of one model-size uint8 image, through the dynamic batcher."""
+        return await self.batcher.predict(model_input)
+
+    # -- gradient work -------------------------------------------------------------------------------------------------
+    @property
+    def grad_model(self) -> Classifier:
+        """A private copy of the classifier (evaluation mode) for explanations and attacks, so that their hooks and
+        gradients never meet the batcher's forward passes; every forward pass ticks the running job."""
+        if self._grad_model is None:
+            try:
+                m = copy.deepcopy(self.engine.classifier)
+            except Exception:  # noqa: BLE001 - a module that cannot be copied: the model as loaded (same results)
+                m = self.engine.classifier
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+            def tick(_module, _inputs):
+                if self._watch.job is not None:
+                    self._watch.job.tick()
+
+            m.model.register_forward_pre_hook(tick)
+            self._grad_model = m
+        return self._grad_model
+
+    def run_watched(self, job: Job, fn):
+        """Run ``fn(model)`` on the gradient copy with ``job`` ticked at every forward pass."""
+        with self.job_lock:
+            model = self.grad_model
+            self._watch.job = job
+            try:
+                return fn(model)
+            finally:
+                self._watch.job = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    def corruption_params(self) -> str:
+        _, h, w = self.classifier.input_size
+        return "cifar10" if max(h, w) <= SMALL_SIDE else "imagenet"
+
+    def describe(self) -> dict:
+        c, h, w = self.classifier.input_size
+        return {"spec": self.spec, "classes": len(self.names), "input_size": [c, h, w],
+                "transform": self.transform.to_dict(), "device": str(self.device),
+                "batching": {"max_batch": self.batcher.max_batch, "window_ms": self.batcher.window * 1000,
+                             **self.batcher.stats.to_dict()}}
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+def expected_passes(method: str, params: dict, internal_batch_size: int) -> int | None:
+    """Forward passes an explanation method makes on one image, where that is known in advance."""
+    if method in {"gradcam", "gradcam++", "saliency", "input_x_gradient", "guided_backprop", "deconvnet"}:
+        return 2
+    if method == "ig":
+        return 1 + math.ceil(int(params.get("steps", 50)) / internal_batch_size)
+    if method == "smoothgrad":
+        return 1 + math.ceil(int(params.get("n_samples", 50)) / internal_batch_size)
+    if method == "rise":
+        return 1 + math.ceil(int(params.get("n_masks", 4000)) / internal_batch_size)
+    return None
