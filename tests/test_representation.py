@@ -221,6 +221,31 @@ def test_layer_features_pool_named_modules_and_name_unknown_ones():
         clf.layer_features(x, ["layer4"])
 
 
+def test_default_cka_layers_are_the_stages():
+    """Invariants: a timm model's default CKA layers are its feature_info stages plus the pre-logit features, ViT
+    token outputs are averaged over the tokens (or the class token with tokens='cls'); a CIFAR ResNet's are its
+    top-level stages (the logit layer left out)."""
+    import timm
+
+    from imgclass.probes.representation import default_layers
+
+    names = [str(i) for i in range(10)]
+    cnx = load_model(timm.create_model("convnext_atto", pretrained=False, num_classes=10), classes=names,
+                     input_size=(3, 64, 64)).eval()
+    assert default_layers(cnx) == ["stages.0", "stages.1", "stages.2", "stages.3", "pre_logits"]
+    vit = load_model(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, depth=2,
+                                       img_size=32, patch_size=8), classes=names, input_size=(3, 32, 32)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    seen = {}
+    h = vit.model.blocks[1].register_forward_hook(lambda m, i, o: seen.setdefault("o", o))
+    with torch.no_grad():
+        mean = vit.layer_features(x, ["blocks.1"])["blocks.1"]
+        cls = vit.layer_features(x, ["blocks.1"], tokens="cls")["blocks.1"]
+    h.remove()
+    assert torch.allclose(mean, seen["o"].mean(1)) and torch.allclose(cls, seen["o"][:, 0])
+    assert default_layers(load_model("zoo:cifar10-resnet20")) == ["conv1", "layer1", "layer2", "layer3", "pre_logits"]
+
+
 # -- the probe -----------------------------------------------------------------------------------------------------
 def test_probe_knn_and_linear_top1_are_close_to_the_models_own_top1(run):
     """Reference: the model's own top-1 on the same 500 images (the features were trained with those labels, so a
