@@ -482,3 +482,16 @@ def test_cifar_resnet18_is_torchvision_resnet18_with_the_cifar_stem_and_reloads_
         loaded = load_model(f"file:{path}").eval()
         assert loaded.arch == "cifar_resnet18"
         torch.testing.assert_close(loaded(x), clf(x))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_losses_stay_float32_under_autocast(method):
+    """The loop trains under autocast (float16 on CUDA); the losses (softmax over the DINO prototypes at teacher
+    temperature 0.04, NT-Xent similarities) are computed in float32 inside it (checked with CPU bfloat16 autocast)."""
+    sm = _ssl(method, ssl_local_crops=1, ssl_local_size=16)
+    sizes = {"dino": (32, 32, 16), "simclr": (32, 32), "byol": (32, 32)}.get(method, (32,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = sm(_views(4, sizes), epoch=0, progress=0.0)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    if method == "dino":
+        assert sm.center.dtype == torch.float32

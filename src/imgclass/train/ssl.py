@@ -251,8 +251,15 @@ def simmim_loss(x: torch.Tensor, x_rec: torch.Tensor, pixel_mask: torch.Tensor) 
 
 # -- the model ----------------------------------------------------------------------------------------------------
 
+def _full_precision(t: torch.Tensor):
+    """Losses in float32 even inside the loop's autocast region (softmax over 2048 prototypes, similarities / 0.04)."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
 def _frozen_copy(module: nn.Module) -> nn.Module:
-    teacher = copy.deepcopy(module)
+    """The EMA teacher's copy: no gradients, in train mode like the student (batch norm on batch statistics, as
+    lightly's benchmark models run their teachers), whatever mode the student happened to be in."""
+    teacher = copy.deepcopy(module).train()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
@@ -355,8 +362,9 @@ class SSLModel(nn.Module):
         r = mp // p
         token_mask = mask.repeat_interleave(r, 1).repeat_interleave(r, 2)
         x_rec = self.simmim_reconstruct(x, token_mask)
-        pixel_mask = token_mask.repeat_interleave(p, 1).repeat_interleave(p, 2).unsqueeze(1).to(x.dtype)
-        return simmim_loss(x.float(), x_rec.float(), pixel_mask.float())
+        pixel_mask = token_mask.repeat_interleave(p, 1).repeat_interleave(p, 2).unsqueeze(1)
+        with _full_precision(x_rec):
+            return simmim_loss(x.float(), x_rec.float(), pixel_mask.float())
 
     # -- the interface the training loop calls ------------------------------------------------------------------
     def forward(self, views: list[torch.Tensor], *, epoch: int, progress: float) -> torch.Tensor:
@@ -365,22 +373,25 @@ class SSLModel(nn.Module):
         f = self.clf.features
         if m == "simclr":
             z0, z1 = (self.projection(f(v)) for v in views[:2])
-            return nt_xent_loss(z0.float(), z1.float(), cfg.ssl_temperature)
+            with _full_precision(z0):
+                return nt_xent_loss(z0.float(), z1.float(), cfg.ssl_temperature)
         if m == "byol":
             p0, p1 = (self.prediction(self.projection(f(v))) for v in views[:2])
             with torch.no_grad():
                 z0, z1 = (self.teacher_projection(self.teacher.features(v)) for v in views[:2])
-            return byol_loss(p0.float(), p1.float(), z0.float(), z1.float())
+            with _full_precision(p0):
+                return byol_loss(p0.float(), p1.float(), z0.float(), z1.float())
         if m == "dino":
             with torch.no_grad():
                 t_out = [self.teacher_head(self.teacher.features(v)).float() for v in views[:2]]
             s_out = [self.head(f(v)).float() for v in views]
             temp = dino_teacher_temp(epoch, warmup_temp=cfg.ssl_warmup_teacher_temp, temp=cfg.ssl_teacher_temp,
                                      warmup_epochs=cfg.ssl_teacher_temp_epochs)
-            loss = dino_loss(t_out, s_out, self.center, temp, cfg.ssl_student_temp)
-            if self.training:
-                c = cfg.ssl_center_momentum
-                self.center.copy_(self.center * c + dino_batch_center(t_out) * (1 - c))
+            with _full_precision(s_out[0]):
+                loss = dino_loss(t_out, s_out, self.center, temp, cfg.ssl_student_temp)
+                if self.training:
+                    c = cfg.ssl_center_momentum
+                    self.center.copy_(self.center * c + dino_batch_center(t_out) * (1 - c))
             return loss
         if m == "rotnet":
             x, labels = rotations(views[0])
