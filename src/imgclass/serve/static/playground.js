@@ -46,7 +46,7 @@
       status.textContent = job.status + ': ' + job.forward_passes + ' forward passes' +
         (job.expected_forward_passes ? ' of about ' + job.expected_forward_passes : '') +
         (job.elapsed_s ? ', ' + job.elapsed_s.toFixed(1) + ' s' : '');
-      if (job.status === 'done') { bar.value = 1; return job.result; }
+      if (job.status === 'done') { bar.value = 1; var res = job.result; delete job.result; res.job = job; return res; }
       if (['error', 'timeout', 'cancelled'].indexOf(job.status) >= 0) { bar.hidden = true; throw new Error(job.error); }
     }
   }
