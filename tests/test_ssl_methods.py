@@ -495,3 +495,15 @@ def test_losses_stay_float32_under_autocast(method):
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     if method == "dino":
         assert sm.center.dtype == torch.float32
+
+
+@pytest.mark.parametrize("method", ["byol", "dino"])
+def test_teacher_runs_in_train_mode_like_lightlys(method):
+    """The EMA teacher uses batch statistics (train mode) as in lightly's benchmark models, even when the student
+    Classifier was in eval mode when SSLModel was built; building does not move the student's batch-norm statistics
+    and gives back the student's mode."""
+    clf = _clf().eval()
+    stats = {k: v.clone() for k, v in clf.model.state_dict().items() if "running" in k}
+    sm = SSLModel(clf, TrainConfig(ssl=method, ssl_proj_hidden=32, ssl_proj_dim=16, ssl_dino_out_dim=64))
+    assert not clf.training and all(m.training for m in sm.teacher.modules())
+    assert all(torch.equal(v, clf.model.state_dict()[k]) for k, v in stats.items())
