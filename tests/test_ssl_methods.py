@@ -141,7 +141,7 @@ def test_dino_center_all_reduces_across_ranks(tmp_path):
     both ranks' batch centers, as DINO's update_center (and lightly's center_mean) all-reduce it."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_center_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    mp.start_processes(_center_worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="fork")
     a, b = (torch.load(tmp_path / f"center{r}.pt", weights_only=True) for r in range(2))
     t = [torch.load(tmp_path / f"t{r}.pt", weights_only=True) for r in range(2)]
     want = 0.1 * (torch.stack(t[0]).mean(dim=(0, 1), keepdim=True) + torch.stack(t[1]).mean(dim=(0, 1), keepdim=True)) / 2
