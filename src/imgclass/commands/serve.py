@@ -37,6 +37,9 @@ def add_command(sub) -> None:
     p.add_argument("--max-batch", type=int, default=32, help="dynamic batching: largest batch (default: %(default)s)")
     p.add_argument("--batch-window-ms", type=float, default=5.0,
                    help="dynamic batching: how long a batch waits for more requests (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's choice, one per core); on a small machine fewer "
+                        "threads leave cores to the HTTP event loop")
     p.add_argument("--graceful-timeout", type=float, default=10.0,
                    help="on shutdown, seconds to let open requests finish (default: %(default)s)")
     p.set_defaults(func=_run, interrupt_message="stopped")
@@ -61,6 +64,12 @@ def _run(args: argparse.Namespace) -> int:
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     check_binding(args.host, token)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must lie in 0..65535, got {args.port}")
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,

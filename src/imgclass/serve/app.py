@@ -255,8 +255,8 @@ def _api_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - one pl
             return d
 
         preds = await asyncio.gather(*(one(s) for s in state.chosen(up.fields.get("model"))))
-        return {"image": {"name": up.name, "height": int(up.image.shape[1]), "width": int(up.image.shape[2])},
-                "predictions": list(preds)}
+        return JSONResponse({"image": {"name": up.name, "height": int(up.image.shape[1]),
+                                       "width": int(up.image.shape[2])}, "predictions": list(preds)})
 
     @app.post("/api/explain", tags=["playground"], openapi_extra=UPLOAD_BODY,
               summary="An attribution map (Grad-CAM, IG, ...) of one class, as an overlay on the model's input")
