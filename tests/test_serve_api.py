@@ -350,3 +350,58 @@ def test_real_server_token_traversal_and_keeps_serving(runs, good_png):
         assert s.stop(30), "the server did not shut down"
     assert app.state.imgclass.slots[MODEL].batcher.closed
     assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2
+
+
+def test_shutdown_cancels_running_jobs(runs, good_png):
+    """Graceful shutdown: a running attack (200 PGD steps at an eps too small to fool, 10 minutes allowed) is cancelled
+    at its next forward pass when the server stops, and the server thread ends within seconds."""
+    url, _, _ = runs
+    app = create_app([MODEL], store=url, limits=Limits(time_limit_s=600))
+    state = app.state.imgclass
+    body, ctype = _multipart(good_png)
+    with ServerThread(app) as s:
+        status, text, _ = _raw(s.port, "POST", "/api/attack?eps=0.00001&steps=200&async=true", body,
+                               {"Content-Type": ctype})
+        assert status == 202, text
+        job = state.jobs.get(json.loads(text)["id"])
+        while job.status == "queued":
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        assert s.stop(30)
+        assert time.monotonic() - t0 < 20
+    assert job.status in {"cancelled", "done"}, job.to_dict()
+    assert job.status == "cancelled" or job.done < 200  # stopped early, not run to the end
+
+
+def test_cli_serve_starts_answers_and_stops_on_sigterm(tmp_path):
+    """``imgclass serve`` as a user starts it: it loads the model, answers on 127.0.0.1 without a token, and on SIGTERM
+    shuts down gracefully (uvicorn's shutdown, then the app's: batchers drained, jobs cancelled) before it exits."""
+    import signal
+    import subprocess
+    import sys
+
+    from serve_support import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "imgclass", "serve", "--model", MODEL, "--runs", str(tmp_path),
+                             "--port", str(port), "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        t0 = time.monotonic()
+        while True:
+            try:
+                health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5).read())
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() - t0 < 120, "imgclass serve did not start"
+                time.sleep(0.2)
+        assert health["models"][0]["spec"] == MODEL and health["token_required"] is False
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(30)
+        out = proc.stdout.read().decode()
+        assert f"http://127.0.0.1:{port}/" in out
+        assert "Application shutdown complete" in out, out  # the app's shutdown ran to its end
+        assert rc in (0, -signal.SIGTERM), out  # uvicorn re-raises the signal after a graceful shutdown
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -65,12 +65,13 @@ def add_pages(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - one plac
                         headers={"X-Sample-Id": str(ds.sample_id(i)).encode("ascii", "replace").decode()})
 
     @app.get("/runs", response_class=HTMLResponse, include_in_schema=False)
-    def runs_page(request: Request, model: str = "", data: str = "", probe: str = "", kind: str = ""):
+    def runs_page(request: Request, model: str = "", data: str = "", probe: str = "", kind: str = "",
+                  limit: int = 500):
         src = runs_or_page(request)
         if isinstance(src, HTMLResponse):
             return src
-        runs = src.list(model=model, data=data, probe=probe, kind=kind)
-        return page(request, "runs.html", runs=runs, where=src.where,
+        runs = src.list(model=model, data=data, probe=probe, kind=kind, limit=max(1, limit))
+        return page(request, "runs.html", runs=runs, where=src.where, limit=max(1, limit),
                     filters={"model": model, "data": data, "probe": probe, "kind": kind})
 
     @app.get("/runs/compare", response_class=HTMLResponse, include_in_schema=False)
