@@ -56,8 +56,9 @@ def _run(args: argparse.Namespace) -> int:
     store = False if args.no_store else (args.store or True)
     result = train(cfg, args.out, resume=not args.no_resume, progress=not args.quiet, store=store,
                    command=sys.argv)
-    best = result["best_val_top1"]
-    print(f"done: {args.out}" + (f", best validation top-1 {best:.4f}" if best is not None else ""))
+    best, knn = result["best_val_top1"], result.get("best_val_knn_top1")
+    print(f"done: {args.out}" + (f", best validation top-1 {best:.4f}" if best is not None else "")
+          + (f", best validation kNN top-1 {knn:.4f}" if knn is not None else ""))
     if result["results"] is not None:
         recorded = f" (run {result['run_id']} in the store)" if result["run_id"] is not None else ""
         print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.html'}{recorded}")

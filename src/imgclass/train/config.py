@@ -108,6 +108,9 @@ class TrainConfig:
     ssl_color_jitter: float = 0.5  # colour-jitter strength s, applied with p=0.8: ColorJitter(0.8s, 0.8s, 0.8s, 0.2s)
     #   for SimCLR, (0.8s, 0.8s, 0.4s, 0.2s) for BYOL/DINO (s=0.5: BYOL's 0.4/0.4/0.2/0.1); lightly benchmark
     #   SimCLRTransform(cj_strength=0.5), DINOTransform(cj_strength=0.5); SimCLR paper B.9: s=0.5 on CIFAR-10
+    ssl_head_bn: bool = True  # batch norm in the SimCLR / BYOL / DINO heads (lightly's heads). Under torchrun each
+    # process normalizes over its own batch unless sync_bn (CUDA) is on; false: heads without batch norm, for which
+    # N processes x batch B equal one process x batch N*B exactly (with a backbone without batch norm)
     ssl_gray_prob: float = 0.2  # RandomGrayscale probability (SimCLR, BYOL, DINO; lightly transforms' default)
     ssl_blur: tuple[float, float, float] = (0.0, 0.0, 0.0)  # Gaussian-blur probability of view 1, view 2 and DINO's
     #   local views (lightly benchmark: blur off on CIFAR; papers on ImageNet: SimCLR .5 .5, BYOL 1 .1, DINO 1 .1 .5)

@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..data.base import ImageDataset, Sample
 from ..data.transforms import EvalTransform
 
-__all__ = ["EpochBatchSampler", "TrainView", "build_augment", "seed_for", "subset_indices"]
+__all__ = ["EpochBatchSampler", "TrainView", "MultiViewCollate", "build_augment", "seed_for", "subset_indices"]
 
 
 def seed_for(*keys: int) -> int:
@@ -180,3 +180,17 @@ class TrainView(torch.utils.data.Dataset):
             np.random.seed(k)
             s.image = self.augment(s.image.contiguous())
         return s
+
+
+class MultiViewCollate:
+    """Batches of samples whose image is a list of views (self-supervised pretraining): one uint8 NCHW tensor per
+    view position (views of one position share a size; positions may differ, as DINO's global and local crops do),
+    then the labels, indices and unreadable files as :class:`imgclass.engine.Collate` gives them."""
+
+    def __call__(self, samples: list[Sample]):
+        ok = [s for s in samples if s.image is not None]
+        bad = [(s.index, s.path, s.error) for s in samples if s.image is None]
+        views = [torch.stack([s.image[v] for s in ok]) for v in range(len(ok[0].image))] if ok else []
+        labels = torch.tensor([s.label for s in ok], dtype=torch.long)
+        indices = torch.tensor([s.index for s in ok], dtype=torch.long)
+        return views, labels, indices, bad

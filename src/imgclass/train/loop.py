@@ -27,11 +27,11 @@ from ..models.checkpoint import ARCHS, build_arch
 from ..models.classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, ModelConfig
 from ..probes import ProbeContext, get_probe
 from .config import TrainConfig
-from .data import EpochBatchSampler, TrainView, build_augment, seed_for, subset_indices
+from .data import EpochBatchSampler, MultiViewCollate, TrainView, build_augment, seed_for, subset_indices
 from .losses import classification_loss, kd_loss
 from .state import load_training_state, save_training_checkpoint, write_logs
 
-__all__ = ["train", "build_student"]
+__all__ = ["train", "build_student", "knn_monitor"]
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 # settings that do not change the arithmetic: a run may resume with other values
@@ -109,6 +109,40 @@ def validate(clf: Classifier, ds, cfg: TrainConfig, run: _Run) -> tuple[dict, di
     return out, engine.settings()
 
 
+def knn_monitor(clf: Classifier, train_ds, val_ds, cfg: TrainConfig, *, device: torch.device | str = "cpu",
+                dist: DistInfo | None = None) -> dict:
+    """The online kNN monitor of self-supervised runs: the backbone's pre-logit features (batch norm in eval mode,
+    the model's eval transform, no augmentation) of a seeded ``knn_bank`` subset of the training set and of the
+    validation set; kNN top-1 with ``knn_k`` neighbours and temperature ``knn_t`` (InstDisc / lightly's protocol,
+    :func:`imgclass.representation.knn.knn_top1`). All ranks take part; the figure is the same on each."""
+    from ..representation.knn import knn_top1
+
+    al = align_labels(train_ds.classes, val_ds.classes)
+    if al.groups is not None:
+        raise UsageError("the kNN monitor needs validation classes that are training classes, not superclasses")
+    bank = train_ds
+    if cfg.knn_bank is not None and cfg.knn_bank < len(train_ds):
+        idx = np.random.default_rng(seed_for(cfg.seed, 999331)).choice(len(train_ds), cfg.knn_bank, replace=False)
+        bank = train_ds.subset(np.sort(idx))
+    engine = Engine(clf, batch_size=max(cfg.batch_size, 128), workers=cfg.workers, device=str(device),
+                    progress=False, dist=dist, channels_last=cfg.channels_last)
+    was_training = clf.training
+    clf.eval()
+
+    def fn(b):
+        with torch.no_grad():
+            return {"f": clf.features(engine.to_float(b.images)).float(), "y": b.labels}
+
+    try:
+        fb, fv = engine.map(bank, fn, desc="kNN bank").outputs, engine.map(val_ds, fn, desc="kNN validation").outputs
+    finally:
+        clf.train(was_training)
+    y_val = al.index[fv["y"].cpu()]  # validation classes in the training set's label space
+    k = min(cfg.knn_k, len(fb["y"]))  # a bank smaller than k: every bank image is a neighbour
+    top1 = knn_top1(fv["f"].cpu(), y_val, fb["f"].cpu(), fb["y"].cpu(), len(train_ds.classes), k=k, t=cfg.knn_t)
+    return {"val_knn_top1": float(top1), "knn_bank": int(len(fb["y"])), "knn_val": int(len(y_val))}
+
+
 def _summary(results: dict) -> dict:
     row = {}
     if "accuracy" in results:
@@ -178,6 +212,17 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
         from .adversarial import convert_dual_bn
 
         convert_dual_bn(clf.model)
+    ssl_model = None
+    if cfg.ssl:  # self-supervised pretraining: the backbone plus the method's heads (and EMA teacher) train together
+        clash = [k for k, on in (("mixup", cfg.mixup > 0), ("cutmix", cfg.cutmix > 0), ("teacher", bool(cfg.teacher)),
+                                 ("adv", bool(cfg.adv)), ("advprop", cfg.advprop), ("ema", cfg.ema)) if on]
+        if clash:
+            raise UsageError(f"ssl={cfg.ssl} trains without labels; it cannot be combined with {', '.join(clash)}")
+        from .ssl import SSLModel
+
+        ssl_model = SSLModel(clf, cfg).to(run.device)
+        if cfg.sync_bn and run.dist.enabled:  # the heads' (and teacher's) batch norm too
+            ssl_model = nn.SyncBatchNorm.convert_sync_batchnorm(ssl_model)
 
     world = run.dist.world_size
     sampler0 = EpochBatchSampler(len(train_ds), cfg.batch_size, world, run.dist.rank, cfg.seed,
@@ -186,13 +231,18 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
     if steps_per_epoch == 0:
         raise UsageError(f"{len(train_ds)} training images are fewer than one global batch "
                          f"({cfg.batch_size} x {world}); lower batch_size or set drop_last=false")
+    if cfg.ssl and world > 1 and sampler0.global_count(steps_per_epoch - 1) % world:
+        raise UsageError(f"ssl={cfg.ssl} under torchrun gathers every process's views, so each process needs as many "
+                         f"images: the last batch of {sampler0.global_count(steps_per_epoch - 1)} does not split over "
+                         f"{world} processes; set drop_last=true")
     notes: list[str] = []  # the run's warnings, for results.json
     if sampler0.dropped:
         notes.append(f"drops the last {sampler0.dropped} images of each epoch (batch {cfg.batch_size} x {world} "
                      f"process{'es' if world > 1 else ''}); set drop_last=false to train them too")
         _say(run, notes[-1])
     updates_per_epoch = math.ceil(steps_per_epoch / cfg.accum_steps)
-    optimizer = create_optimizer_v2(clf.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+    total_updates = updates_per_epoch * cfg.epochs  # the schedules' length (SSL teacher momentum, masking ...)
+    optimizer = create_optimizer_v2(clf.model if ssl_model is None else ssl_model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum, filter_bias_and_bn=cfg.no_wd_norm_bias)
     warmup = int(round(cfg.warmup_epochs))
     # warmup comes first, then the schedule runs over the remaining epochs (milestones count after warmup)
@@ -232,6 +282,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
+        if ssl_model is not None:
+            ssl_model.load_extra_state_dict(state["ssl"])
         start_epoch, start_step, num_updates = state["epoch"], state["step_in_epoch"], state["num_updates"]
         best, history = state["best"], state["history"]
         if start_step >= steps_per_epoch:
@@ -245,13 +297,18 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
             write_logs(out, history)
     scheduler.step_update(num_updates)
 
-    ddp = clf
+    ddp = clf if ssl_model is None else ssl_model
     if run.dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        ddp = DistributedDataParallel(clf, device_ids=[run.device.index] if run.cuda else None)
+        ddp = DistributedDataParallel(clf if ssl_model is None else ssl_model, device_ids=[run.device.index] if run.cuda else None)
     writer = _tensorboard(run)
-    augment = build_augment(cfg, size)
+    if ssl_model is not None:
+        from .ssl import build_views
+
+        augment = build_views(cfg, size)
+    else:
+        augment = build_augment(cfg, size)
     view = TrainView(train_ds, augment, cfg.seed)
     workers = default_workers() if cfg.workers is None else cfg.workers
     scaler = torch.amp.GradScaler("cuda", enabled=run.cuda and cfg.amp)
@@ -263,7 +320,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
         st = {"model": clf.model.state_dict(), "optimizer": optimizer.state_dict(),
               "ema": None if ema is None else ema.module.state_dict(), "epoch": epoch,
               "step_in_epoch": step_in_epoch, "num_updates": num_updates, "best": best, "history": history,
-              "config": cfg.to_dict()}
+              "config": cfg.to_dict(), "ssl": None if ssl_model is None else ssl_model.extra_state_dict()}
         weights = (ema.module if ema is not None else clf).model
         if cfg.advprop:
             from .adversarial import main_bn_state_dict
@@ -291,7 +348,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
             sampler = EpochBatchSampler(len(train_ds), cfg.batch_size, world, run.dist.rank, cfg.seed,
                                         epoch, start_step if epoch == start_epoch else 0, cfg.drop_last)
             loader = torch.utils.data.DataLoader(view, batch_sampler=sampler, num_workers=workers,
-                                                 collate_fn=Collate(), pin_memory=run.cuda,
+                                                 collate_fn=Collate() if ssl_model is None else MultiViewCollate(),
+                                                 pin_memory=run.cuda,
                                                  prefetch_factor=4 if workers > 0 else None)
             clf.train()
             t0, seen, images, loss_sum, skipped = time.perf_counter(), 0, 0, 0.0, 0
@@ -304,10 +362,16 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
                 step_seed = seed_for(cfg.seed, 104729, global_step)
                 torch.manual_seed(step_seed)
                 np.random.seed(step_seed)
-                x = images_u8.to(run.device, non_blocking=True).float().div_(255)
                 y = labels.to(run.device, non_blocking=True)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                if ssl_model is not None:  # a list of views, one tensor per view position
+                    views = [v.to(run.device, non_blocking=True).float().div_(255) for v in images_u8]
+                    if cfg.channels_last:
+                        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+                    x = views[0] if views else torch.empty(0)
+                else:
+                    x = images_u8.to(run.device, non_blocking=True).float().div_(255)
+                    if cfg.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
                 # this rank's share of the update's mean: its own images x processes / images in the update
                 own = min(len(x), sampler.local_count(k))
                 first = k - k % cfg.accum_steps
@@ -323,7 +387,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
                 sync = nullcontext() if (last_of_update or not run.dist.enabled) else ddp.no_sync()
                 with sync:
                     with autocast():
-                        if adv is not None:
+                        if ssl_model is not None:
+                            loss = ddp(views, epoch=epoch, progress=num_updates / total_updates)
+                        elif adv is not None:
                             keys = sample_keys(seed_for(cfg.seed, 65537, epoch), _idx, run.device)
                             loss = adv.loss(ddp, clf, x, y, step_seed, label_smoothing=cfg.label_smoothing,
                                             keys=keys)
@@ -349,6 +415,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
                     scheduler.step_update(num_updates)
                     if ema is not None:
                         ema.update(clf, step=num_updates)
+                    if ssl_model is not None:
+                        ssl_model.update_teacher(num_updates / total_updates)
                     if reached_max_steps():
                         stopped = True
                     elif cfg.checkpoint_every and num_updates % cfg.checkpoint_every == 0 and k + 1 < steps_per_epoch:
@@ -375,11 +443,15 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
                 evaluated = ema.module if ema is not None else clf
                 probed, val_settings = validate(evaluated, val_ds, cfg, run)
                 metrics = _summary(probed)
+                if ssl_model is not None:
+                    monitor = knn_monitor(clf, train_ds, val_ds, cfg, device=run.device, dist=run.dist)
+                    metrics["val_knn_top1"] = monitor.pop("val_knn_top1")
+                    val_settings = {**val_settings, "knn_monitor": {"k": cfg.knn_k, "t": cfg.knn_t, **monitor}}
                 row.update(metrics)
                 validation = {"results": probed, "settings": val_settings, "epoch": epoch + 1}
             history.append(row)
             rows_done += 1
-            score = metrics.get("val_top1", -1.0)
+            score = metrics.get("val_knn_top1" if ssl_model is not None else "val_top1", -1.0)
             is_best = score > best
             best = max(best, score)
             if validation is not None:
@@ -410,7 +482,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
                             device=run.device, seconds=time.perf_counter() - started, warnings=notes,
                             command=command)
         results, run_id = write_run(out, typed, store=store)
-    return {"history": history, "best_val_top1": best if best >= 0 else None, "out": str(out),
+    supervised = ssl_model is None  # SSL runs keep their best by the kNN monitor's top-1
+    return {"history": history, "best_val_top1": best if best >= 0 and supervised else None,
+            "best_val_knn_top1": best if best >= 0 and not supervised else None, "out": str(out),
             "num_updates": num_updates, "classifier": ema.module if ema is not None else clf,
             "results": results, "run_id": run_id}
 

@@ -26,7 +26,7 @@ __all__ = ["render_training", "run_results", "write_run"]
 
 # the settings the report's table shows first (every setting is in training.config)
 _MAIN_SETTINGS = ("model", "data", "subset", "val_data", "epochs", "batch_size", "accum_steps", "opt", "lr", "sched",
-                  "warmup_epochs", "weight_decay", "label_smoothing", "mixup", "cutmix", "ema", "amp", "seed")
+                  "warmup_epochs", "weight_decay", "label_smoothing", "mixup", "cutmix", "ema", "ssl", "amp", "seed")
 
 
 def _data_block(ds: ImageDataset) -> dict:
@@ -87,7 +87,8 @@ def run_results(out: Path, *, cfg: TrainConfig, history: list[dict], validation:
                    "wall_seconds": seconds},
         "warnings": warnings,
         "training": {
-            "history": history, "config": cfg.to_dict(), "best_val_top1": best if best >= 0 else None,
+            "history": history, "config": cfg.to_dict(), "best_val_top1": best if best >= 0 and not cfg.ssl else None,
+            **({"best_val_knn_top1": best if best >= 0 else None, "ssl": cfg.ssl} if cfg.ssl else {}),
             "num_updates": num_updates, "stopped": stopped, "checkpoint": name,
             "best_checkpoint": str(out / BEST) if (out / BEST).is_file() else None,
             "validated_epoch": validation["epoch"] if validation is not None else None,
@@ -159,10 +160,15 @@ def render_training(results: Results, rep: Report) -> None:
     line = f"{len(history)} epoch(s), {t.get('num_updates')} update(s)"
     if isinstance(best, (int, float)):
         line += f", best validation top-1 {best:.4f}"
+    if isinstance(t.get("best_val_knn_top1"), (int, float)):
+        line += (f", self-supervised ({t.get('ssl')}): best validation kNN top-1 {t['best_val_knn_top1']:.4f} "
+                 f"(k {cfg.get('knn_k')}, temperature {cfg.get('knn_t')}, bank of the training set)")
     if t.get("stopped"):
         line += f", stopped: {t['stopped']}"
     s.p(line + ".")
-    if t.get("validated_epoch"):
+    if t.get("validated_epoch") and not results.probes:
+        s.p(f"Validated after epoch {t['validated_epoch']}: no probes ran; the history holds the monitor's figures.")
+    elif t.get("validated_epoch"):
         s.p(f"The probe sections below are the validation of {results.model.spec} after epoch "
             f"{t['validated_epoch']}.")
     else:
@@ -178,7 +184,7 @@ def render_training(results: Results, rep: Report) -> None:
             s.figure(_val_metrics(history, val_cols), "validation metrics per validated epoch")
         columns = list(dict.fromkeys(k for r in history for k in r))
         s.table(columns, [["" if r.get(c) is None else r[c] for c in columns] for r in history])
-    main = [(k, cfg[k]) for k in _MAIN_SETTINGS if k in cfg]
+    main = [(k, cfg[k]) for k in _MAIN_SETTINGS if k in cfg and (k != "ssl" or cfg[k])]
     main += [("world size", results.settings.get("world_size")), ("device", results.settings.get("device")),
              ("checkpoint", t.get("checkpoint")), ("best checkpoint", t.get("best_checkpoint") or "")]
     s.kv([(k, "" if v is None else v) for k, v in main])

@@ -128,13 +128,14 @@ class _MLP(nn.Module):
         return self.layers(x)
 
 
-def projection_head(kind: str, d_in: int, hidden: int, d_out: int) -> nn.Module:
+def projection_head(kind: str, d_in: int, hidden: int, d_out: int, *, bn: bool = True) -> nn.Module:
     """simclr: Linear-BN-ReLU-Linear-BN (lightly SimCLRProjectionHead, 2 layers, batch norm); byol (also the
-    predictor): Linear-BN-ReLU-Linear (BYOLProjectionHead / BYOLPredictionHead)."""
+    predictor): Linear-BN-ReLU-Linear (BYOLProjectionHead / BYOLPredictionHead). ``bn=False``: the same without
+    batch norm (biases instead)."""
     if kind == "simclr":
-        return _MLP([(d_in, hidden, True, nn.ReLU), (hidden, d_out, True, None)])
+        return _MLP([(d_in, hidden, bn, nn.ReLU), (hidden, d_out, bn, None)])
     if kind == "byol":
-        return _MLP([(d_in, hidden, True, nn.ReLU), (hidden, d_out, False, None)])
+        return _MLP([(d_in, hidden, bn, nn.ReLU), (hidden, d_out, False, None)])
     raise ValueError(kind)
 
 
@@ -144,9 +145,9 @@ class DINOHead(nn.Module):
     output row of ``last_weight`` is normalized, which equals lightly's ``weight_norm`` with ``weight_g`` = 1
     (kept as a plain parameter so the head deep-copies and loads with ``weights_only``)."""
 
-    def __init__(self, d_in: int, hidden: int, bottleneck: int, d_out: int):
+    def __init__(self, d_in: int, hidden: int, bottleneck: int, d_out: int, *, bn: bool = True):
         super().__init__()
-        self.layers = _MLP([(d_in, hidden, True, nn.GELU), (hidden, bottleneck, False, None)]).layers
+        self.layers = _MLP([(d_in, hidden, bn, nn.GELU), (hidden, bottleneck, False, None)]).layers
         self.last_weight = nn.Parameter(torch.empty(d_out, bottleneck))
         for m in self.layers:
             if isinstance(m, nn.Linear):
@@ -162,14 +163,59 @@ class DINOHead(nn.Module):
 
 # -- losses (equal to lightly's on the same inputs; tests/test_ssl_methods.py) -----------------------------------
 
-def nt_xent_loss(z0: torch.Tensor, z1: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SimCLR's NT-Xent over the 2N views of a local batch (negatives: the other 2N - 2 views; lightly NTXentLoss
-    with ``gather_distributed=False``, its default: under torchrun each rank contrasts within its own batch)."""
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for this rank's part (all-reduce, then this rank's slice;
+    works on gloo, which has no reduce-scatter), so a loss over gathered embeddings back-propagates into every
+    rank's own batch: lightly's GatherLayer."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        world = torch.distributed.get_world_size()
+        parts = [torch.empty_like(x) for _ in range(world)]
+        torch.distributed.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        torch.distributed.all_reduce(grad)
+        n = grad.shape[0] // torch.distributed.get_world_size()
+        r = torch.distributed.get_rank()
+        return grad[r * n:(r + 1) * n]
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and \
+        torch.distributed.get_world_size() > 1
+
+
+def nt_xent_loss(z0: torch.Tensor, z1: torch.Tensor, temperature: float, *, gather: bool | None = None
+                 ) -> torch.Tensor:
+    """SimCLR's NT-Xent: each of the 2N views against its positive and the other 2N - 2 views (lightly NTXentLoss).
+
+    Under torchrun (``gather`` None: whenever torch.distributed runs with several processes) the negatives are the
+    views of every process's batch, gathered with gradients, as in SimCLR and lightly's ``gather_distributed=True``:
+    each process's loss is the mean over its own 2n rows, so the processes' average (DDP's) is the loss of one
+    process holding the whole batch, and N processes x batch B train as one process x batch N*B. Every process must
+    hold the same number of views (the training loop keeps drop_last under torchrun)."""
     n = z0.shape[0]
-    z = F.normalize(torch.cat([z0, z1]), dim=1)
-    logits = z @ z.t() / temperature
-    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    z0, z1 = F.normalize(z0, dim=1), F.normalize(z1, dim=1)
+    if gather is None:
+        gather = _distributed()
+    if gather:
+        a0, a1 = _GatherWithGrad.apply(z0), _GatherWithGrad.apply(z1)
+        offset = torch.distributed.get_rank() * n
+    else:
+        a0, a1, offset = z0, z1, 0
+    m = a0.shape[0]
+    own = torch.zeros(n, m, dtype=torch.bool, device=z0.device)
+    own[torch.arange(n), torch.arange(n) + offset] = True  # a view against itself is not a negative
+    l00 = (z0 @ a0.t() / temperature).masked_fill(own, float("-inf"))
+    l01 = z0 @ a1.t() / temperature
+    l10 = z1 @ a0.t() / temperature
+    l11 = (z1 @ a1.t() / temperature).masked_fill(own, float("-inf"))
+    logits = torch.cat([torch.cat([l01, l00], 1), torch.cat([l10, l11], 1)])
+    target = (torch.arange(n, device=z0.device) + offset).repeat(2)  # the positive: column i of the other view
     return F.cross_entropy(logits, target)
 
 
@@ -293,14 +339,14 @@ class SSLModel(nn.Module):
         out = cfg.ssl_proj_dim or _PROJ_DIM.get(m, 0)
         self.teacher = None
         if m == "simclr":
-            self.projection = projection_head("simclr", dim, hidden, out)
+            self.projection = projection_head("simclr", dim, hidden, out, bn=cfg.ssl_head_bn)
         elif m == "byol":
-            self.projection = projection_head("byol", dim, hidden, out)
-            self.prediction = projection_head("byol", out, hidden, out)
+            self.projection = projection_head("byol", dim, hidden, out, bn=cfg.ssl_head_bn)
+            self.prediction = projection_head("byol", out, hidden, out, bn=cfg.ssl_head_bn)
             self.teacher = _frozen_copy(clf)
             self.teacher_projection = _frozen_copy(self.projection)
         elif m == "dino":
-            self.head = DINOHead(dim, hidden, out, cfg.ssl_dino_out_dim)
+            self.head = DINOHead(dim, hidden, out, cfg.ssl_dino_out_dim, bn=cfg.ssl_head_bn)
             self.teacher = _frozen_copy(clf)
             self.teacher_head = _frozen_copy(self.head)
             self.register_buffer("center", torch.zeros(1, 1, cfg.ssl_dino_out_dim))
