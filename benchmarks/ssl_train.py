@@ -1,0 +1,178 @@
+"""Self-supervised pretraining benchmarks (not named ssl.py: a script folder holding ssl.py shadows the standard
+library's ssl module for every script run from it).
+
+``speed``: images/s of one SimCLR epoch through ``imgclass train`` (the simclr-cifar10 recipe) against a plain
+PyTorch loop with lightly's NTXentLoss, SimCLRProjectionHead and SimCLRTransform (torchvision transforms on PIL
+images), in the same run, on the same backbone, images, batch size, optimizer and data-loader processes. Both sides
+read the same images, decoded once into memory beforehand.
+
+``knn``: each SSL recipe trained for a few epochs on a seeded subset of the CIFAR-10 JPEG training set; the online
+kNN monitor's top-1 on a subset of the JPEG test set (bank: the training subset) against the same network at its
+random initialisation (the weights the run starts from). ``--model`` replaces the recipes' ResNet-18 for CPU time
+(SimMIM keeps its ViT).
+
+    python benchmarks/ssl_train.py speed                     # 1,024 images, ResNet-18 with the CIFAR stem
+    python benchmarks/ssl_train.py speed --n 512 --model cifar_resnet20
+    python benchmarks/ssl_train.py knn --n 5000 --epochs 5   # every recipe (minutes to hours on a CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+METHODS = ("simclr", "byol", "dino", "rotnet", "simmim")
+
+
+def _npz(spec: str, n: int, path: Path, seed: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """A seeded subset of n images of a dataset as an npz (decoded once, outside the timings)."""
+    from imgclass import load_dataset
+
+    ds = load_dataset(spec)
+    idx = np.sort(np.random.default_rng(seed).choice(len(ds), size=min(n, len(ds)), replace=False))
+    imgs = np.stack([ds.load(int(i)).permute(1, 2, 0).numpy() for i in idx])
+    labels = ds.labels[idx]
+    np.savez(path, images=imgs, labels=labels, class_names=np.array(ds.classes.names))
+    return f"npz:{path}", imgs, labels
+
+
+def _ours_simclr(data: str, model: str, batch: int, workers: int, out: Path) -> float:
+    from imgclass.train import TrainConfig, load_recipe, train
+
+    settings = {**load_recipe("simclr-cifar10"), "data": data, "val_data": None, "model": model, "epochs": 1,
+                "batch_size": batch, "workers": workers, "tensorboard": False}
+    res = train(TrainConfig.from_dict(settings), out, progress=False, store=False)
+    return float(res["history"][0]["images_per_second"])
+
+
+def _lightly_simclr(data: str, imgs: np.ndarray, model: str, batch: int, workers: int) -> float:
+    """The plain loop: lightly's transform, head and loss, torch's DataLoader and SGD (the recipe's settings)."""
+    from PIL import Image
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import SimCLRProjectionHead
+    from lightly.transforms import SimCLRTransform
+
+    from imgclass import load_dataset
+    from imgclass.train import TrainConfig, load_recipe
+    from imgclass.train.loop import build_student
+
+    cfg = TrainConfig.from_dict({**load_recipe("simclr-cifar10"), "data": data, "model": model})
+    clf = build_student(cfg, load_dataset(data).classes)  # the same network and normalization as our side
+    net = clf.model
+    with torch.no_grad():
+        dim = clf.eval().features(torch.zeros(2, 3, 32, 32)).shape[1]
+    backbone = clf.features  # pre-logit features, as the recipe trains them
+    head = SimCLRProjectionHead(dim, 512, 128)
+    # the transform's own normalization is off: the classifier normalizes inside, as on our side
+    transform = SimCLRTransform(input_size=32, gaussian_blur=0.0, cj_strength=0.5, normalize=None)
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(imgs)
+
+        def __getitem__(self, i):
+            return transform(Image.fromarray(imgs[i]))
+
+    loader = torch.utils.data.DataLoader(Data(), batch_size=batch, shuffle=True, drop_last=True,
+                                         num_workers=workers, prefetch_factor=4 if workers else None)
+    params = [p for p in list(net.parameters()) + list(head.parameters()) if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.06 * batch / 128, momentum=0.9, weight_decay=5e-4)
+    criterion = NTXentLoss(temperature=0.5)
+    clf.train()
+    head.train()
+    t0, seen = time.perf_counter(), 0
+    for x0, x1 in loader:
+        loss = criterion(head(backbone(x0)), head(backbone(x1)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen += len(x0)
+    return seen / (time.perf_counter() - t0)
+
+
+def speed(args) -> None:
+    from imgclass.engine import default_workers
+
+    workers = default_workers() if args.workers is None else args.workers
+    with tempfile.TemporaryDirectory() as tmp:
+        data, imgs, _ = _npz("zoo:cifar10-jpeg:train", args.n, Path(tmp) / "train.npz", args.seed)
+        print(f"SimCLR, one epoch of {len(imgs)} CIFAR-10 images, {args.model}, batch {args.batch}, "
+              f"{workers} loader processes, {torch.get_num_threads()} threads")
+        rows = []
+        for r in range(args.repeats):  # alternate the sides so that machine noise hits both alike
+            peer = _lightly_simclr(data, imgs, args.model, args.batch, workers)
+            ours = _ours_simclr(data, args.model, args.batch, workers, Path(tmp) / f"run{r}")
+            rows.append((ours, peer))
+            print(f"  repeat {r + 1}: imgclass {ours:.1f} img/s, plain loop with lightly {peer:.1f} img/s, "
+                  f"ratio {ours / peer:.2f}x")
+        ours, peer = np.median([o for o, _ in rows]), np.median([p for _, p in rows])
+        print(f"median: imgclass {ours:.1f} img/s, lightly loop {peer:.1f} img/s: {ours / peer:.2f}x (goal >= 1.0x)")
+
+
+def knn(args) -> None:
+    from imgclass import load_dataset
+    from imgclass.train import TrainConfig, load_recipe, train
+    from imgclass.train.data import seed_for
+    from imgclass.train.loop import build_student, knn_monitor
+
+    methods = [m.strip() for m in args.methods.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        train_spec, _, _ = _npz("zoo:cifar10-jpeg:train", args.n, Path(tmp) / "train.npz", args.seed)
+        val_spec, _, _ = _npz("zoo:cifar10-jpeg:test", args.n_val, Path(tmp) / "val.npz", args.seed + 1)
+        tr, va = load_dataset(train_spec), load_dataset(val_spec)
+        print(f"{args.epochs} epochs on {len(tr)} CIFAR-10 JPEG training images; kNN (k=200, t=0.1) on {len(va)} "
+              f"test images, bank: the training images")
+        print(f"{'method':8s} {'model':28s} {'random init':>11s} {'trained':>8s} {'gain':>6s} {'seconds':>8s}")
+        for m in methods:
+            settings = {**load_recipe(f"{m}-cifar10"), "data": train_spec, "val_data": val_spec,
+                        "epochs": args.epochs, "workers": args.workers, "tensorboard": False, "knn_bank": None}
+            if m != "simmim" and args.model:
+                settings["model"] = args.model
+            if args.batch:
+                settings["batch_size"] = args.batch
+            settings["warmup_epochs"] = min(float(settings.get("warmup_epochs", 0)), max(0, args.epochs - 1))
+            cfg = TrainConfig.from_dict(settings)
+            torch.manual_seed(seed_for(cfg.seed, 1))  # the loop's seeding before it builds the network
+            base = knn_monitor(build_student(cfg, tr.classes), tr, va, cfg)["val_knn_top1"]
+            t0 = time.perf_counter()
+            res = train(cfg, Path(tmp) / m, progress=args.progress, store=False)
+            got = res["history"][-1]["val_knn_top1"]
+            print(f"{m:8s} {cfg.model:28s} {base:11.4f} {got:8.4f} {got - base:+6.3f} "
+                  f"{time.perf_counter() - t0:8.0f}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--n", type=int, default=1024)
+    s.add_argument("--model", default="cifar_resnet18")
+    s.add_argument("--batch", type=int, default=128)
+    s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--repeats", type=int, default=2)
+    s.add_argument("--seed", type=int, default=0)
+    k = sub.add_parser("knn")
+    k.add_argument("--methods", default=",".join(METHODS))
+    k.add_argument("--n", type=int, default=5000)
+    k.add_argument("--n-val", type=int, default=1000)
+    k.add_argument("--epochs", type=int, default=5)
+    k.add_argument("--model", default="cifar_resnet20", help="backbone instead of the recipes' (not SimMIM's ViT)")
+    k.add_argument("--batch", type=int, default=None)
+    k.add_argument("--workers", type=int, default=None)
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--progress", action="store_true")
+    args = ap.parse_args()
+    (speed if args.what == "speed" else knn)(args)
+
+
+if __name__ == "__main__":
+    main()
