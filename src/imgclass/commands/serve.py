@@ -35,11 +35,16 @@ def add_command(sub) -> None:
     p.add_argument("--time-limit", type=float, default=60.0,
                    help="seconds an attack or explanation may run (default: %(default)s)")
     p.add_argument("--max-batch", type=int, default=32, help="dynamic batching: largest batch (default: %(default)s)")
+    p.add_argument("--no-batch-tuning", action="store_true",
+                   help="keep --max-batch as given (default: lowered at start-up to the batch size this machine runs "
+                        "fastest per image)")
     p.add_argument("--batch-window-ms", type=float, default=5.0,
                    help="dynamic batching: how long a batch waits for more requests (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's choice, one per core); on a small machine fewer "
                         "threads leave cores to the HTTP event loop")
+    p.add_argument("--batch-idle-ms", type=float, default=1.0,
+                   help="dynamic batching: stop waiting when no request came for this long (default: %(default)s)")
     p.add_argument("--graceful-timeout", type=float, default=10.0,
                    help="on shutdown, seconds to let open requests finish (default: %(default)s)")
     p.set_defaults(func=_run, interrupt_message="stopped")
@@ -73,11 +78,16 @@ def _run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must lie in 0..65535, got {args.port}")
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
-                    time_limit_s=args.time_limit, max_batch=args.max_batch, window_ms=args.batch_window_ms)
+                    time_limit_s=args.time_limit, max_batch=args.max_batch, window_ms=args.batch_window_ms,
+                    idle_ms=args.batch_idle_ms, tune_batch=not args.no_batch_tuning)
     for spec in args.model:
         print(f"loading {spec} ...", flush=True)
     app = create_app(args.model, store=args.store, runs_dir=args.runs, token=token, limits=limits,
                      device=args.device, datasets=args.data)
+    for slot in app.state.imgclass.slots.values():
+        t = slot.tuning
+        print(f"{slot.spec}: batches of up to {slot.batcher.max_batch}"
+              + (f" (ms per image by batch size: {t['ms_per_image']})" if t else ""), flush=True)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"imgclass serve: http://{shown}:{args.port}/ (API docs at /docs)"
           + (" — requests need the token" if token else ""), flush=True)

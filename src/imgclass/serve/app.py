@@ -39,7 +39,8 @@ ATTACKS = ("pgd", "fgsm")
 @dataclass(frozen=True)
 class Limits:
     """What one request may cost: upload bytes, decoded pixels, seconds for an attack or explanation, attack steps;
-    and the dynamic batcher's maximum batch and window."""
+    and the dynamic batcher's maximum batch, window and idle gap (``tune_batch``: the maximum lowered to the batch size that
+    this machine runs fastest per image, measured at start-up)."""
 
     max_upload_bytes: int = 16 * 2**20
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -47,6 +48,8 @@ class Limits:
     max_steps: int = 200
     max_batch: int = 32
     window_ms: float = 5.0
+    idle_ms: float = 1.0
+    tune_batch: bool = False  # lower max_batch to the batch size this machine runs fastest per image
     job_workers: int = 1
 
     def __post_init__(self):
@@ -103,7 +106,8 @@ def _load_slots(models, *, device, limits: Limits) -> list[ModelSlot]:
             continue
         clf = m if isinstance(m, Classifier) else load_model(m, device=device)
         spec = name or (m if isinstance(m, str) else clf.source)
-        slots.append(ModelSlot(spec, clf, device=device, max_batch=limits.max_batch, window_ms=limits.window_ms))
+        slots.append(ModelSlot(spec, clf, device=device, max_batch=limits.max_batch, window_ms=limits.window_ms,
+                               idle_ms=limits.idle_ms, tune=limits.tune_batch))
     return slots
 
 

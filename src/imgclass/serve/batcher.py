@@ -46,14 +46,15 @@ class BatchStats:
 class DynamicBatcher:
     """Collects single images into batches for ``fn`` (uint8 ``(B, C, H, W)`` -> ``(B, ...)`` tensor).
 
-    The worker takes the first waiting image, then whatever else arrives within ``window_ms`` (and is already
-    queued), up to ``max_batch`` images of the same shape, and runs ``fn`` once on the stack. Row ``i`` of the
+    The worker takes the first waiting image, then whatever else is queued or arrives within ``window_ms`` of it, up
+    to ``max_batch`` images, and runs ``fn`` once on the stack; it stops waiting early when nothing arrived for
+    ``idle_ms`` (the requests that were coming are in). Row ``i`` of the
     output goes to the ``i``-th caller. An exception in ``fn`` goes to every caller of that batch; the worker
     keeps serving.
     """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *, max_batch: int = 32, window_ms: float = 5.0,
-                 name: str = "model"):
+                 idle_ms: float = 1.0, name: str = "model"):
         if int(max_batch) < 1:
             raise UsageError(f"max_batch must be >= 1, got {max_batch}")
         if float(window_ms) < 0:
@@ -61,6 +62,7 @@ class DynamicBatcher:
         self.fn = fn
         self.max_batch = int(max_batch)
         self.window = float(window_ms) / 1000.0
+        self.idle = max(0.0, float(idle_ms)) / 1000.0
         self.name = name
         self.stats = BatchStats()
         self._q: queue.Queue = queue.Queue()
@@ -109,7 +111,9 @@ class DynamicBatcher:
             try:  # already waiting: take it without waiting
                 it = self._q.get_nowait()
             except queue.Empty:
-                left = deadline - time.monotonic()
+                # wait for more until the window closes, but not longer than `idle` after the last arrival: once the
+                # callers that were coming have come, the batch runs instead of sitting out the window
+                left = min(deadline - time.monotonic(), self.idle)
                 if left <= 0:
                     break
                 try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ from ..models.classifier import Classifier
 from .batcher import DynamicBatcher
 from .jobs import Job
 
-__all__ = ["ModelSlot", "decode_upload", "top_k", "SMALL_SIDE"]
+__all__ = ["ModelSlot", "decode_upload", "top_k", "tune_max_batch", "SMALL_SIDE"]
 
 SMALL_SIDE = 64  # images up to this size get the CIFAR-10-C corruption parameters (as `imgclass corrupt` decides)
 
@@ -48,13 +49,17 @@ class ModelSlot:
     predictions, and a copy of the model for gradient work (one job at a time per model)."""
 
     def __init__(self, spec: str, classifier: Classifier, *, device: str | None = "cpu", max_batch: int = 32,
-                 window_ms: float = 5.0):
+                 window_ms: float = 5.0, idle_ms: float = 1.0, tune: bool = False):
         self.spec = spec
         self.classifier = classifier
         # the evaluation engine `imgclass eval` uses: same device handling, inference copy, precision
         self.engine = Engine(classifier, device=device, workers=0, progress=False, batch_size=max_batch)
         self.transform = EvalTransform.for_model(classifier.config)
-        self.batcher = DynamicBatcher(self._predict_batch, max_batch=max_batch, window_ms=window_ms, name=spec)
+        self.tuning: dict | None = None
+        if tune and max_batch > 1:
+            max_batch, self.tuning = tune_max_batch(self._predict_batch, classifier.input_size, max_batch)
+        self.batcher = DynamicBatcher(self._predict_batch, max_batch=max_batch, window_ms=window_ms, idle_ms=idle_ms,
+                                      name=spec)
         self.names = classifier.class_names
         self._grad_model: Classifier | None = None
         self._watch = _Watch()
@@ -124,7 +129,8 @@ class ModelSlot:
         return {"spec": self.spec, "classes": len(self.names), "input_size": [c, h, w],
                 "transform": self.transform.to_dict(), "device": str(self.device),
                 "batching": {"max_batch": self.batcher.max_batch, "window_ms": self.batcher.window * 1000,
-                             **self.batcher.stats.to_dict()}}
+                             "idle_ms": self.batcher.idle * 1000,
+                             "tuning": self.tuning, **self.batcher.stats.to_dict()}}
 
     def close(self) -> None:
         self.batcher.close()
@@ -141,3 +147,34 @@ def expected_passes(method: str, params: dict, internal_batch_size: int) -> int 
     if method == "rise":
         return 1 + math.ceil(int(params.get("n_masks", 4000)) / internal_batch_size)
     return None
+
+
+def tune_max_batch(predict, input_size: tuple[int, int, int], cap: int, *, tolerance: float = 0.05,
+                   budget_s: float = 5.0) -> tuple[int, dict]:
+    """The largest batch (a power of two up to ``cap``) whose time per image is within ``tolerance`` of the best, from
+    timing ``predict`` on batches of 1, 2, 4 ... images; and the timings (ms per image by batch size).
+
+    Batching pays where the device is under-used by one image (GPUs, small models); on a CPU a large model's batch
+    of 8 can be slower per image than one alone (activations outgrow the caches), so the batcher's maximum follows
+    what this machine measures. Stops early once larger batches get slower, or after ``budget_s``.
+    """
+    c, h, w = input_size
+    x = torch.randint(0, 256, (cap, c, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    per_image: dict[int, float] = {}
+    t_start = time.perf_counter()
+    b = 1
+    while b <= cap:
+        predict(x[:b])  # warm-up (and, on the first call, the engine's inference copy)
+        n, t0 = 0, time.perf_counter()
+        while n < 2 or time.perf_counter() - t0 < 0.05:
+            predict(x[:b])
+            n += 1
+        per_image[b] = (time.perf_counter() - t0) / n / b
+        best = min(per_image.values())
+        if per_image[b] > (1 + 5 * tolerance) * best or time.perf_counter() - t_start > budget_s:
+            break
+        b *= 2
+    best = min(per_image.values())
+    chosen = max(k for k, v in per_image.items() if v <= (1 + tolerance) * best)
+    return chosen, {"cap": cap, "chosen": chosen, "ms_per_image": {k: round(v * 1000, 3) for k, v in per_image.items()},
+                    "rule": f"largest batch within {tolerance:.0%} of the best time per image"}
