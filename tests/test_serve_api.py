@@ -25,6 +25,8 @@ from imgclass.serve import Limits, create_app  # noqa: E402
 from serve_support import ServerThread, one_per_class, png_bytes, record_runs  # noqa: E402
 
 MODEL = "zoo:cifar10-resnet20"
+# small models, one image at a time: intra-op threads would only wait on each other (see conftest.single_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +270,9 @@ def test_runs_api_and_pages(client, runs, tmp_path):
     for page in ("/runs", f"/runs/{ids[0]}", "/leaderboard", f"/runs/compare?ids={ids[0]}&ids={ids[1]}", "/"):
         r = client.get(page)
         assert r.status_code == 200, (page, r.text[:300])
-    assert "<html" in client.get(f"/runs/{ids[0]}/report").text.lower()
+    report = client.get(f"/runs/{ids[0]}/report")
+    assert "<html" in report.text.lower()
+    assert report.headers["content-security-policy"].startswith("sandbox")  # cannot script the app's origin
     assert client.get(f"/runs/{ids[0]}/files/results.json").json()["model"]["spec"] == "zoo:cifar10-resnet20"
     scanned = create_app([], runs_dir=str(out))
     with TestClient(scanned) as c:

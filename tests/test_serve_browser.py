@@ -23,6 +23,8 @@ CHROMIUM = os.environ.get("IMGCLASS_CHROMIUM", "/usr/bin/chromium")
 CIFAR_MODEL = "zoo:cifar10-resnet20"
 IMAGENET_MODEL = "zoo:coral-mobilenet-v2-1.0-224"
 TIMEOUT_MS = 60_000
+# small models, one image at a time: intra-op threads would only wait on each other (see conftest.single_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,10 @@ from .runs import NoSuchRun, RunSource
 
 __all__ = ["add_pages"]
 
+# A run's files are data, not part of the app: served in a sandbox (an opaque origin: their scripts run, but cannot
+# read the app's cookies or call its API as the user), never sniffed into another type.
+RUN_FILE_HEADERS = {"Content-Security-Policy": "sandbox allow-scripts allow-popups", "X-Content-Type-Options": "nosniff"}
+
 
 def _fmt(v) -> str:
     if v is None:
@@ -102,7 +106,7 @@ def add_pages(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - one plac
         if state.runs is None or state.runs.store is None:
             raise HTTPException(404, "no runs")
         try:
-            return FileResponse(state.runs.report(run_id), media_type="text/html")
+            return FileResponse(state.runs.report(run_id), media_type="text/html", headers=RUN_FILE_HEADERS)
         except NoSuchRun as e:
             raise HTTPException(404, str(e)) from None
 
@@ -111,7 +115,7 @@ def add_pages(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - one plac
         if state.runs is None or state.runs.store is None:
             raise HTTPException(404, "no runs")
         try:
-            return FileResponse(state.runs.file(run_id, rel))
+            return FileResponse(state.runs.file(run_id, rel), headers=RUN_FILE_HEADERS)
         except NoSuchRun as e:
             raise HTTPException(404, str(e)) from None
 
