@@ -325,13 +325,28 @@ def _multipart(data: bytes, ctype: str = "image/png") -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={b}"
 
 
+def test_binding_off_loopback_needs_a_token(monkeypatch):
+    """127.0.0.1, ::1 and localhost need no token; 0.0.0.0 or a LAN address without --token or IMGCLASS_TOKEN is a usage
+    error (exit 2) before any model loads; the variable counts as a token."""
+    from imgclass.cli import main
+    from imgclass.commands.serve import check_binding
+    from imgclass.errors import UsageError
+
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        check_binding(host, None)
+    for host in ("0.0.0.0", "::", "192.168.1.10"):
+        with pytest.raises(UsageError, match="token"):
+            check_binding(host, None)
+        check_binding(host, "t")
+    monkeypatch.delenv("IMGCLASS_TOKEN", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "1", "--model", "zoo:nope"]) == 2
+
+
 def test_real_server_token_traversal_and_keeps_serving(runs, good_png):
     """uvicorn bound to 0.0.0.0 (not loopback) with a token: requests without it, or with a wrong one, get 401; the
     Bearer header, the X-Imgclass-Token header and the cookie set by ?token= are let in. Raw '..' paths get 404. Every
     bad upload gets its 4xx and a good predict still answers after them. Shutdown is graceful: the server thread ends
-    with the batcher closed. The CLI refuses --host 0.0.0.0 without a token (exit 2)."""
-    from imgclass.cli import main
-
+    with the batcher closed."""
     url, ids, _ = runs
     token = "s3cret-token"
     app = create_app([MODEL], store=url, token=token, limits=Limits(max_upload_bytes=2**20))
@@ -366,7 +381,6 @@ def test_real_server_token_traversal_and_keeps_serving(runs, good_png):
         assert json.loads(urllib.request.urlopen(req, timeout=30).read())["token_required"] is True
         assert s.stop(30), "the server did not shut down"
     assert app.state.imgclass.slots[MODEL].batcher.closed
-    assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2
 
 
 def test_shutdown_cancels_running_jobs(runs, good_png):
