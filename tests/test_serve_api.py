@@ -101,6 +101,9 @@ def test_dynamic_batching_changes_no_result(app):
     """24 images sent concurrently through the model's batcher come back in batches (fewer forward passes than
     images) and equal the one-image-at-a-time probabilities of the same model (float32: to 1e-6, same top-5)."""
     slot = app.state.imgclass.slots[MODEL]
+    # the inference copy is made at load (torch.fx tracing patches nn.Module.__call__ process-wide: on a batcher thread
+    # it broke another model's concurrent forward pass)
+    assert slot.engine._predictor is not None
     rng = np.random.default_rng(0)
     xs = [torch.from_numpy(rng.integers(0, 256, (3, 32, 32), dtype=np.uint8)) for _ in range(16)]
     xs += [torch.from_numpy(img).permute(2, 0, 1).contiguous() for _, img, _ in one_per_class()[:8]]

@@ -4,6 +4,7 @@ open a run's report. Each test saves screenshots into its temporary folder (CI k
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from pathlib import Path
@@ -78,7 +79,8 @@ def _card(page, model: str):
 def test_upload_shows_expected_top1_for_both_models(server, page, cat_png, tmp_path):
     """Uploading the CIFAR-10 cat shows 'cat' as ResNet-20's top-1 (its label; ResNet-20 gets it right with
     probability ~1.0 in ``imgclass eval``); uploading the ImageNet goldfish sample shows 'goldfish' as the Coral
-    MobileNet v2's top-1 (the sample's own class, see serve_support.IMAGENET_MEMBER), five classes per model."""
+    MobileNet v2's top-1 (the sample's own class, see serve_support.IMAGENET_MEMBER), five classes per model; dropping
+    the cat on the drop zone predicts 'cat' again."""
     page.goto(server.url + "/")
     page.set_input_files("#file", str(cat_png))
     expect(_card(page, CIFAR_MODEL).locator(".top1 strong")).to_have_text("cat")
@@ -90,6 +92,16 @@ def test_upload_shows_expected_top1_for_both_models(server, page, cat_png, tmp_p
     expect(_card(page, IMAGENET_MODEL).locator(".top1 strong")).to_have_text(IMAGENET_CLASS)
     expect(_card(page, IMAGENET_MODEL).locator(".bar")).to_have_count(5)
     page.screenshot(path=str(tmp_path / "predict-imagenet.png"), full_page=True)
+    # dropping the cat on the drop zone, as a drag from the desktop delivers it
+    page.evaluate("""async b64 => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], 'dropped-cat.png', {type: 'image/png'}));
+        document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true,
+                                                                             cancelable: true}));
+    }""", base64.b64encode(cat_png.read_bytes()).decode())
+    expect(_card(page, CIFAR_MODEL).locator(".top1 strong")).to_have_text("cat")
+    expect(page.locator("#image-info")).to_have_text("dropped-cat.png")
 
 
 def test_pick_from_dataset_attribution_overlay_and_corruption_severity(server, page, tmp_path):

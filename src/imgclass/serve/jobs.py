@@ -85,7 +85,7 @@ class Job:
 class Jobs:
     """A worker pool for jobs (``workers`` at a time), the recent jobs by id, and shutdown that cancels them."""
 
-    def __init__(self, *, workers: int = 1, keep: int = 200):
+    def __init__(self, *, workers: int = 1, keep: int = 64):  # results hold images: keep the recent ones only
         self._pool = ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix="imgclass-job")
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._keep = keep

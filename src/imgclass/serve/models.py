@@ -39,6 +39,9 @@ def top_k(probs: torch.Tensor, names: list[str], k: int = 5) -> list[dict]:
     return [{"index": int(j), "class": names[int(j)], "probability": float(q)} for q, j in zip(p, i)]
 
 
+_FIRST_PREDICTION = threading.Lock()
+
+
 @dataclass
 class _Watch:
     job: Job | None = None
@@ -56,6 +59,12 @@ class ModelSlot:
         self.engine = Engine(classifier, device=device, workers=0, progress=False, batch_size=max_batch)
         self.transform = EvalTransform.for_model(classifier.config)
         self.tuning: dict | None = None
+        # the engine makes its inference copy (torch.fx tracing, which patches nn.Module.__call__ process-wide) at its
+        # first prediction: do it now, while nothing else runs, not on a batcher thread beside other models' forwards
+        c, h, w = classifier.input_size
+        with _FIRST_PREDICTION:
+            self._predict_batch(torch.randint(0, 256, (2, c, h, w), dtype=torch.uint8,
+                                              generator=torch.Generator().manual_seed(0)))
         if tune and max_batch > 1:
             max_batch, self.tuning = tune_max_batch(self._predict_batch, classifier.input_size, max_batch)
         self.batcher = DynamicBatcher(self._predict_batch, max_batch=max_batch, window_ms=window_ms, idle_ms=idle_ms,
