@@ -17,25 +17,21 @@ batch the server ran, and the ratio of the two throughputs.
 
 from __future__ import annotations
 
+import argparse
+import http.client
+import io
+import json
+import os
+import socket
+import subprocess
 import sys
+import tarfile
+import tempfile
+import threading
+import time
 from pathlib import Path
 
-# this folder holds benchmarks/ssl.py, which would shadow the standard library's ssl (imported by http.client)
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import http.client  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import tarfile  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
