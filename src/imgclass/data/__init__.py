@@ -28,6 +28,7 @@ __all__ = [
     "load_dataset",
     "DATASET_SOURCES",
     "ZOO_DATASETS",
+    "train_split_spec",
     "register_dataset_source",
     "register_zoo_dataset",
     "align_labels",
@@ -211,6 +212,17 @@ def _zoo(s: Spec, opts: Options) -> ImageDataset:
     if split not in entry.splits:
         raise SpecError(f"zoo:{name} has splits {', '.join(entry.splits)}, not {split!r}")
     return entry.build(split, opts)
+
+
+def train_split_spec(spec: str | None) -> str | None:
+    """``zoo:NAME:SPLIT`` (not the train split itself) -> ``zoo:NAME:train`` when that zoo dataset has a train
+    split, else None: where probes take fit statistics or a feature bank from by default."""
+    spec = spec or ""
+    if spec.startswith("zoo:") and spec.count(":") == 2 and not spec.endswith(":train"):
+        name = spec.split(":")[1].split("?")[0]
+        if name in ZOO_DATASETS and "train" in ZOO_DATASETS[name].splits:
+            return f"zoo:{name}:train"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -104,16 +104,9 @@ class OODProbe(Probe):
         shift_severities: tuple[int, ...] | str | None = None
 
     def _fit_spec(self, ctx: ProbeContext) -> str | None:
-        if self.params.fit_data:
-            return self.params.fit_data
-        spec = ctx.dataset.spec or ""
-        if spec.startswith("zoo:") and spec.count(":") == 2 and not spec.endswith(":train"):
-            name = spec.split(":")[1].split("?")[0]
-            from ..data import ZOO_DATASETS
+        from ..data import train_split_spec
 
-            if name in ZOO_DATASETS and "train" in ZOO_DATASETS[name].splits:
-                return f"zoo:{name}:train"
-        return None
+        return self.params.fit_data or train_split_spec(ctx.dataset.spec)
 
     def _pass(self, ctx: ProbeContext, ds, desc: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
         """(full-width logits, features, labels, indices) of a dataset, one pass."""

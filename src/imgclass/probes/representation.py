@@ -162,16 +162,9 @@ class RepresentationProbe(Probe):
 
     # -- data -------------------------------------------------------------------------------------
     def _train_spec(self, ctx: ProbeContext) -> str | None:
-        if self.params.train_data:
-            return self.params.train_data
-        spec = ctx.dataset.spec or ""
-        if spec.startswith("zoo:") and spec.count(":") == 2 and not spec.endswith(":train"):
-            name = spec.split(":")[1].split("?")[0]
-            from ..data import ZOO_DATASETS
+        from ..data import train_split_spec
 
-            if name in ZOO_DATASETS and "train" in ZOO_DATASETS[name].splits:
-                return f"zoo:{name}:train"
-        return None
+        return self.params.train_data or train_split_spec(ctx.dataset.spec)
 
     def _train_dataset(self, ctx: ProbeContext, spec: str):
         """The (seeded subset of the) training data, loaded once per run and kept on the context for others."""

@@ -203,6 +203,15 @@ def _truthy(v: str | None) -> bool:
     return str(v).lower() in {"1", "true", "yes", "on"}
 
 
+def _pixels_and_probs(model: Classifier, slot, image) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An uploaded image after eval's resize/crop (uint8, 1 x C x H x W), as the model's input (pixels in [0, 1], on
+    its device), and the model's class probabilities for it."""
+    x8 = slot.preprocess(image).unsqueeze(0)
+    x = x8.float().div(255).to(slot.device)
+    with torch.no_grad():
+        return x8, x, torch.softmax(model(x).float(), 1)[0].cpu()
+
+
 def _target(model: Classifier, text: str | None, probs: torch.Tensor) -> int:
     from ..explain.base import class_index
 
@@ -282,10 +291,7 @@ def _api_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - one pl
 
         def work(job: Job) -> dict:
             def fn(model: Classifier) -> dict:
-                x8 = slot.preprocess(image).unsqueeze(0)
-                x = x8.float().div(255).to(slot.device)
-                with torch.no_grad():
-                    probs = torch.softmax(model(x).float(), 1)[0].cpu()
+                x8, x, probs = _pixels_and_probs(model, slot, image)
                 t = _target(model, up.fields.get("target"), probs)
                 maps = explain(model, x, torch.tensor([t], device=slot.device), method=method,
                                internal_batch_size=ibs, **params)
@@ -349,10 +355,7 @@ def _api_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - one pl
 
         def work(job: Job) -> dict:
             def fn(model: Classifier) -> dict:
-                x8 = slot.preprocess(image).unsqueeze(0)
-                x = x8.float().div(255).to(slot.device)
-                with torch.no_grad():
-                    p0 = torch.softmax(model(x).float(), 1)[0].cpu()
+                x8, x, p0 = _pixels_and_probs(model, slot, image)
                 y = _target(model, up.fields.get("label"), p0)
                 res = atk(model, x, torch.tensor([y], device=slot.device))
                 with torch.no_grad():
