@@ -154,8 +154,10 @@ def test_ctrl_c_prints_one_line_and_the_same_command_resumes(small_cifar, straig
     uninterrupted run (reference: that run)."""
     out = tmp_path / "run"
     args = _train_args(small_cifar, out, "--set", "checkpoint_every=1")
+    # A shell without job control starts background jobs with SIGINT ignored, which their children inherit (and
+    # Python then installs no KeyboardInterrupt handler): restore the default so the run sees Ctrl-C as a terminal's.
     p = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+                         start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (out / LAST).exists() and p.poll() is None and time.time() < deadline:
         time.sleep(0.02)
