@@ -136,7 +136,11 @@ def render_report(results: "Results | dict") -> Report:
     for name, res in r.probes.items():
         if name in owners:
             rows += [(f"{name}: {k}", v) for k, v in owners[name]().summary(res)]
-    summary.table(["metric", "value"], rows)
+    knn = (getattr(r, "training", None) or {}).get("best_val_knn_top1")
+    if isinstance(knn, (int, float)):  # a self-supervised run: its validation is the kNN monitor, not a probe
+        rows.append(("training: best validation kNN top-1 (self-supervised)", knn))
+    if rows:
+        summary.table(["metric", "value"], rows)
     cfg = m.get("config") or {}
     if r.kind != "diagnose":  # a diagnosis states its models and data in its own section
         summary.kv([
