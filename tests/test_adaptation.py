@@ -23,7 +23,6 @@ def test_prepare_adapts_only_normalization_affine_parameters():
     m = copy.deepcopy(clf)
     prepare(m, "norm")
     assert not any(p.requires_grad for p in m.parameters())
-    x = torch.rand(8, 3, 32, 32)
     b = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)][0]
     assert b.training and b.running_mean is None and not m.model.conv1.training
 

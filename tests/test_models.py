@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from imgclass.models.checkpoint import CheckpointError, UnsafeCheckpointError, s
 from imgclass.errors import UnknownNameError
 from imgclass.specs import SpecError
 
-from conftest import MIRROR, mirror_file
+from conftest import mirror_file
 from helpers import TinyNet
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imgclass import evaluate, load_dataset
+from imgclass import evaluate
 from imgclass.data import CUE_CONFLICT_CATEGORIES, cue_conflict_space
 from imgclass.data.labels import align_labels, imagenet_space
 from imgclass.models.classifier import Classifier, ModelConfig

@@ -91,7 +91,6 @@ def classwise_ece(probs, labels, n_bins: int = 15) -> float:
     onehot = torch.nn.functional.one_hot(y, c).double()
     nb = n_bins + 1
     offs = idx + torch.arange(c).view(1, c) * nb
-    count = torch.zeros(c * nb, dtype=torch.float64).scatter_add_(0, offs.flatten(), torch.ones(n * c, dtype=torch.float64))
     psum = torch.zeros(c * nb, dtype=torch.float64).scatter_add_(0, offs.flatten(), p.flatten())
     ysum = torch.zeros(c * nb, dtype=torch.float64).scatter_add_(0, offs.flatten(), onehot.flatten())
     gap = (ysum - psum).abs()  # |sum y - sum p| = count * |acc - conf|
