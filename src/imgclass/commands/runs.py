@@ -97,7 +97,7 @@ def _show(args: argparse.Namespace) -> int:
     print(f"run {r.id}")
     _print_pairs(fields, indent="  ")
     print("headline")
-    _print_pairs([(k, _number(v)) for k, v in r.headline.items()], indent="  ")
+    _print_pairs([(k, format_number(v)) for k, v in r.headline.items()], indent="  ")
     print("protocols")
     for probe, protocol in r.protocols.items():
         print(f"  {probe}")
@@ -105,7 +105,7 @@ def _show(args: argparse.Namespace) -> int:
     print("probe parameters")
     _print_pairs([(k, v) for k, v in r.probe_params.items()], indent="  ")
     print("timings")
-    _print_pairs([(k, _number(v)) for k, v in r.timings.items()], indent="  ")
+    _print_pairs([(k, format_number(v)) for k, v in r.timings.items()], indent="  ")
     return 0
 
 
@@ -156,12 +156,13 @@ def _headline_cells(run) -> str:
             continue
         primary = result_type(probe).primary
         key = f"{probe}.{primary}" if primary and f"{probe}.{primary}" in run.headline else keys[0]
-        cells.append(f"{key}={_number(run.headline[key])}")
+        cells.append(f"{key}={format_number(run.headline[key])}")
     more = " ..." if len(cells) > HEADLINE_COLUMNS else ""
     return " ".join(cells[:HEADLINE_COLUMNS]) + more
 
 
-def _number(v) -> str:
+def format_number(v) -> str:
+    """A headline number as `runs list/show` and the serve pages print it: 4 significant digits, "-" for none."""
     if v is None:
         return "-"
     if isinstance(v, float):

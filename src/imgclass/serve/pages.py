@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from ..commands.runs import format_number
 from .app import HERE, LEADERBOARD_COLUMNS, ServeState, board_json
 from .runs import NoSuchRun, RunSource
 
@@ -20,17 +21,9 @@ __all__ = ["add_pages"]
 RUN_FILE_HEADERS = {"Content-Security-Policy": "sandbox allow-scripts allow-popups", "X-Content-Type-Options": "nosniff"}
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def add_pages(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - one place for the page routes
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.filters["num"] = _fmt
+    templates.env.filters["num"] = format_number
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     def page(request: Request, name: str, status: int = 200, **ctx) -> HTMLResponse:
