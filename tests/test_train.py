@@ -559,3 +559,47 @@ def test_adversarial_training_examples_do_not_depend_on_the_batch(mode):
     assert (full - x).abs().max() <= 8 / 255 + 1e-6 and not torch.equal(full, x)
     other_keys = at._generate(clf, x, y, 9, sample_keys(124, idx))
     assert ((other_keys - full).abs() > 1e-6).double().mean() > 0.5  # the keys do decide the random starts
+
+
+def test_layer_decay_param_groups_equal_timms_and_follow_the_schedule(small_cifar, tmp_path):
+    """Reference: timm's param_groups_layer_decay on the same ViT (BEiT / MAE / SimMIM fine-tuning). The run's
+    optimizer holds the same groups in the same order (lr scale, weight decay, parameter count), and every group's
+    learning rate is the schedule's (the history's lr) times its scale after the timm scheduler's updates."""
+    from timm.optim._param_groups import param_groups_layer_decay
+
+    from imgclass.models.checkpoint import build_arch
+
+    kw = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}
+    cfg = TrainConfig.from_dict({"data": f"npz:{small_cifar}", "model": "timm:vit_tiny_patch16_224",
+                                 "arch_kwargs": kw, "image_size": 32, "epochs": 2, "max_steps": 3, "batch_size": 32, "opt": "adamw",
+                                 "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1, "layer_decay": 0.5,
+                                 "workers": 0, "tensorboard": False, "probes": []})
+    res = train(cfg, tmp_path / "run", progress=False, store=False)
+    groups = load_training_state(tmp_path / "run")["optimizer"]["param_groups"]
+    torch.manual_seed(0)
+    model = build_arch("timm:vit_tiny_patch16_224", 10, **kw)
+    ref = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.5,
+                                   no_weight_decay_list=model.no_weight_decay())
+    assert [(g["lr_scale"], g["weight_decay"], len(g["params"])) for g in groups] == \
+           [(g["lr_scale"], g["weight_decay"], len(g["params"])) for g in ref]
+    assert sorted({g["lr_scale"] for g in groups}) == [0.5 ** 3, 0.5 ** 2, 0.5, 1.0]  # embed, 2 blocks, head
+    top = res["history"][-1]["lr"]
+    assert top > 0
+    for g in groups:
+        assert g["lr"] == pytest.approx(top * g["lr_scale"], rel=1e-12)
+
+
+def test_layer_decay_refuses_models_without_layer_order_and_ssl(small_cifar, tmp_path):
+    """Usage errors, one line each: a network timm cannot order into layers, and self-supervised pretraining."""
+    from imgclass.errors import UsageError
+
+    base = {"data": f"npz:{small_cifar}", "epochs": 1, "max_steps": 1, "batch_size": 32, "workers": 0,
+            "tensorboard": False, "probes": [], "layer_decay": 0.7}
+    with pytest.raises(UsageError, match="layer_decay needs a model whose layers timm can order"):
+        train(TrainConfig.from_dict({**base, "model": "cifar_resnet20"}), tmp_path / "a", progress=False,
+              store=False)
+    with pytest.raises(UsageError, match="layer_decay is a fine-tuning setting"):
+        train(TrainConfig.from_dict({**base, "model": "cifar_resnet20", "ssl": "rotnet"}), tmp_path / "b",
+              progress=False, store=False)
+    with pytest.raises(UsageError, match="layer_decay must lie in"):
+        TrainConfig.from_dict({**base, "layer_decay": 1.5})

@@ -48,6 +48,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     no_wd_norm_bias: bool = True  # no weight decay on normalization parameters and biases (Bag of Tricks)
+    layer_decay: float | None = None  # layer-wise lr decay for fine-tuning (BEiT, MAE, SimMIM): the head keeps lr,
+    #   each block below it lr x decay^depth (timm's param_groups_layer_decay; models with a group_matcher)
     sched: str = "cosine"  # timm scheduler: cosine, step, multistep, plateau, poly, tanh
     warmup_epochs: float = 0.0
     warmup_lr: float = 1e-5
@@ -173,7 +175,7 @@ _AT_LEAST = {"epochs": 1, "batch_size": 1, "accum_steps": 1, "max_steps": 1, "su
              "ssl_mask_patch": 1, "knn_k": 1, "knn_t": 1e-3, "knn_bank": 1}
 _FRACTIONS = ("label_smoothing", "mix_prob", "mix_switch_prob", "random_erasing", "ema_decay", "kd_alpha",
               "ssl_momentum", "ssl_center_momentum", "ssl_gray_prob", "ssl_mask_ratio", "ssl_blur", "ssl_solarize",
-              "ssl_local_scale", "ssl_global_crop_scale")  # a list setting: each value; none: not checked
+              "ssl_local_scale", "ssl_global_crop_scale", "layer_decay")  # a list setting: each value; none: not checked
 
 
 def _type_name(t) -> str:

@@ -38,6 +38,12 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 _RESUME_FREE = {"workers", "device", "tensorboard", "checkpoint_every", "eval_every", "max_steps"}
 
 
+def _top_lr(optimizer) -> float:
+    """The schedule's learning rate: the largest over the parameter groups (with layer_decay the lower layers' groups
+    run at a fraction of it)."""
+    return max(float(g["lr"]) for g in optimizer.param_groups)
+
+
 def build_student(cfg: TrainConfig, classes) -> Classifier:
     """The model to train, wrapped as a Classifier over the training set's classes."""
     n = len(classes)
@@ -242,8 +248,18 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
         _say(run, notes[-1])
     updates_per_epoch = math.ceil(steps_per_epoch / cfg.accum_steps)
     total_updates = updates_per_epoch * cfg.epochs  # the schedules' length (SSL teacher momentum, masking ...)
-    optimizer = create_optimizer_v2(clf.model if ssl_model is None else ssl_model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                    momentum=cfg.momentum, filter_bias_and_bn=cfg.no_wd_norm_bias)
+    if cfg.layer_decay is not None:
+        if ssl_model is not None:
+            raise UsageError(f"layer_decay is a fine-tuning setting; ssl={cfg.ssl} pretraining trains every layer "
+                             f"at one learning rate")
+        if not cfg.layer_decay > 0:
+            raise UsageError(f"training setting layer_decay must lie in (0, 1], got {cfg.layer_decay!r}")
+        if not callable(getattr(clf.model, "group_matcher", None)):
+            raise UsageError(f"layer_decay needs a model whose layers timm can order (a group_matcher, as timm's ViT, "
+                             f"Swin, ConvNeXt, ResNet), not {type(clf.model).__name__} ({cfg.model})")
+    optimizer = create_optimizer_v2(clf.model if ssl_model is None else ssl_model, opt=cfg.opt, lr=cfg.lr,
+                                    weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                                    filter_bias_and_bn=cfg.no_wd_norm_bias, layer_decay=cfg.layer_decay)
     warmup = int(round(cfg.warmup_epochs))
     # warmup comes first, then the schedule runs over the remaining epochs (milestones count after warmup)
     scheduler, _ = create_scheduler_v2(
@@ -425,7 +441,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
                 images += sampler.global_count(k)
                 loss_sum += float(loss.detach()) * own
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{_top_lr(optimizer):.3g}")
                 if stopped:
                     break
             bar.close()
@@ -433,7 +449,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
             finished = done_step >= steps_per_epoch
             skipped = _sum_over_ranks(skipped, run)
             row = {"epoch": epoch + 1, "updates": num_updates, "train_loss": loss_sum / max(seen, 1),
-                   "lr": optimizer.param_groups[0]["lr"], "images": images - skipped, "skipped": skipped,
+                   "lr": _top_lr(optimizer), "images": images - skipped, "skipped": skipped,
                    "seconds": round(seconds, 3), "images_per_second": (images - skipped) / seconds if seconds > 0 else None}
             if not finished:
                 row["stopped"] = f"max_steps at step {done_step}/{steps_per_epoch}"
