@@ -175,7 +175,7 @@ _AT_LEAST = {"epochs": 1, "batch_size": 1, "accum_steps": 1, "max_steps": 1, "su
              "ssl_mask_patch": 1, "knn_k": 1, "knn_t": 1e-3, "knn_bank": 1}
 _FRACTIONS = ("label_smoothing", "mix_prob", "mix_switch_prob", "random_erasing", "ema_decay", "kd_alpha",
               "ssl_momentum", "ssl_center_momentum", "ssl_gray_prob", "ssl_mask_ratio", "ssl_blur", "ssl_solarize",
-              "ssl_local_scale", "ssl_global_crop_scale", "layer_decay")  # a list setting: each value; none: not checked
+              "ssl_local_scale", "ssl_global_crop_scale")  # a list setting: each value; none: not checked
 
 
 def _type_name(t) -> str:
@@ -255,6 +255,8 @@ def _check(cfg: "TrainConfig") -> None:
         value = getattr(cfg, name)
         if value is not None and not all(0.0 <= v <= 1.0 for v in (value if isinstance(value, tuple) else (value,))):
             raise UsageError(f"training setting {name} must lie in [0, 1], got {value!r}")
+    if cfg.layer_decay is not None and not 0.0 < cfg.layer_decay <= 1.0:
+        raise UsageError(f"training setting layer_decay must lie in (0, 1], got {cfg.layer_decay!r}")
 
 
 def list_recipes() -> list[str]:

@@ -252,8 +252,6 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = True, progress: b
         if ssl_model is not None:
             raise UsageError(f"layer_decay is a fine-tuning setting; ssl={cfg.ssl} pretraining trains every layer "
                              f"at one learning rate")
-        if not cfg.layer_decay > 0:
-            raise UsageError(f"training setting layer_decay must lie in (0, 1], got {cfg.layer_decay!r}")
         if not callable(getattr(clf.model, "group_matcher", None)):
             raise UsageError(f"layer_decay needs a model whose layers timm can order (a group_matcher, as timm's ViT, "
                              f"Swin, ConvNeXt, ResNet), not {type(clf.model).__name__} ({cfg.model})")
