@@ -265,7 +265,16 @@ def main() -> None:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--progress", action="store_true")
     args = ap.parse_args()
-    {"speed": speed, "knn": knn, "finetune": finetune}[args.what](args)
+    if args.what == "knn":
+        bad = [m for m in args.methods.split(",") if m.strip() not in METHODS]
+        if bad:
+            ap.error(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    from imgclass.errors import UsageError
+
+    try:
+        {"speed": speed, "knn": knn, "finetune": finetune}[args.what](args)
+    except UsageError as e:  # a bad setting is one line, as in the CLI
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
