@@ -20,7 +20,7 @@ from imgclass.models.classifier import Classifier, ModelConfig
 from imgclass.train.config import TrainConfig
 from imgclass.train.ssl import (METHODS, DINOHead, SSLModel, build_views, byol_loss, dino_loss, dino_teacher_temp,
                                 ema_update, momentum_at, nt_xent_loss, projection_head, random_patch_mask,
-                                rotations, simmim_loss)
+                                rotations, simmim_loss, patch_normalized)
 
 from helpers import rgb_image
 
@@ -362,11 +362,13 @@ def test_simmim_loss_counts_masked_pixels_only():
     assert float(simmim_loss(x, other, mask)) != pytest.approx(float(loss))
 
 
-def test_simmim_tiny_vit_forward_backward_and_mask_token():
+@pytest.mark.parametrize("decoder_depth", [0, 2])
+def test_simmim_tiny_vit_forward_backward_and_mask_token(decoder_depth):
     """A 1-block ViT (patch 4, 32 px, mask patch 8): the loss backpropagates into the ViT, the mask token and the
     decoder, not into the frozen logit layer; the reconstruction does not depend on the pixels of masked patches
-    (their embeddings are replaced by the mask token), and does on unmasked ones."""
-    sm = _ssl("simmim")
+    (their embeddings are replaced by the mask token), and does on unmasked ones; with SimMIM's linear head and
+    with transformer decoder blocks."""
+    sm = _ssl("simmim", ssl_decoder_depth=decoder_depth)
     v = _views(4)[0]
     torch.manual_seed(3)
     loss = sm([v], epoch=0, progress=0.0)
@@ -389,11 +391,61 @@ def test_simmim_tiny_vit_forward_backward_and_mask_token():
         assert not torch.allclose(sm.simmim_reconstruct(changed_visible, token_mask), rec)
 
 
+def test_simmim_norm_pix_target_equals_maes_formula():
+    """Reference: MAE's norm_pix_loss target (models_mae.py: patchify with einsum('nchpwq->nhwpqc'), then
+    (target - mean) / (var + 1e-6) ** .5 over each patch's p*p*3 values): ``patch_normalized`` is that target,
+    unpatchified; the SimMIM loss with ssl_norm_pix is the L1 loss against it on the masked pixels."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, 16, 16, generator=g) * 2 + 0.5
+    p = 4
+    h = w = 16 // p
+    t = torch.einsum("nchpwq->nhwpqc", x.reshape(3, 3, h, p, w, p)).reshape(3, h * w, p * p * 3)
+    want = (t - t.mean(dim=-1, keepdim=True)) / (t.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
+    y = patch_normalized(x, p)
+    got = torch.einsum("nchpwq->nhwpqc", y.reshape(3, 3, h, p, w, p)).reshape(3, h * w, p * p * 3)
+    torch.testing.assert_close(got, want)
+
+    sm = _ssl("simmim", ssl_norm_pix=True).eval()
+    v = _views(2)[0]
+    torch.manual_seed(5)
+    with torch.no_grad():
+        loss = sm([v], epoch=0, progress=0.0)
+    torch.manual_seed(5)
+    mask = random_patch_mask(2, (4, 4), 0.6).repeat_interleave(2, 1).repeat_interleave(2, 2)
+    with torch.no_grad():
+        rec = sm.simmim_reconstruct(sm.clf.normalize(v), mask)
+    pixel_mask = mask.repeat_interleave(4, 1).repeat_interleave(4, 2).unsqueeze(1).float()
+    torch.testing.assert_close(loss, simmim_loss(patch_normalized(sm.clf.normalize(v), 4), rec, pixel_mask))
+    assert float(loss) != pytest.approx(float(simmim_loss(sm.clf.normalize(v), rec, pixel_mask)))
+
+
+@pytest.mark.parametrize("decoder_depth", [0, 1])
+def test_simmim_class_token_trains_only_through_decoder_blocks(decoder_depth):
+    """Invariant: SimMIM's linear head reads the patch tokens only, so the encoder's output class token gets no
+    gradient (its last layer is untrained for a class-token probe); decoder blocks over all tokens give it one."""
+    sm = _ssl("simmim", ssl_decoder_depth=decoder_depth)
+    out = {}
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        out["t"] = output
+
+    handle = sm.clf.model.norm.register_forward_hook(keep)
+    torch.manual_seed(3)
+    sm([_views(4)[0]], epoch=0, progress=0.0).backward()
+    handle.remove()
+    cls_grad = out["t"].grad[:, 0].abs().sum()
+    assert out["t"].grad[:, 1:].abs().sum() > 0
+    assert (cls_grad > 0) == bool(decoder_depth)
+
+
 def test_simmim_refuses_other_backbones_and_bad_mask_patches():
     with pytest.raises(UsageError, match="Vision Transformer"):
         SSLModel(_clf(), TrainConfig(ssl="simmim"))
     with pytest.raises(UsageError, match="multiple of the ViT patch"):
         _ssl("simmim", ssl_mask_patch=6)
+    with pytest.raises(UsageError, match="SimMIM settings"):
+        _ssl("simclr", ssl_decoder_depth=2)
 
 
 # -- the model: parameters, resume state, training -----------------------------------------------------------------

@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 from ..errors import UsageError
 
 __all__ = ["METHODS", "build_views", "SSLModel", "nt_xent_loss", "byol_loss", "dino_loss", "dino_teacher_temp",
-           "simmim_loss", "momentum_at", "ema_update", "random_patch_mask", "projection_head"]
+           "simmim_loss", "patch_normalized", "momentum_at", "ema_update", "random_patch_mask", "projection_head"]
 
 METHODS = ("simclr", "byol", "dino", "rotnet", "simmim")
 
@@ -39,6 +39,8 @@ _SOLARIZE = {"simclr": (0.0, 0.0), "byol": (0.0, 0.2), "dino": (0.0, 0.2)}
 def _method(cfg) -> str:
     if cfg.ssl not in METHODS:
         raise UsageError(f"ssl must be one of {', '.join(METHODS)}, got {cfg.ssl!r}")
+    if cfg.ssl != "simmim" and (cfg.ssl_norm_pix or cfg.ssl_decoder_depth):
+        raise UsageError(f"ssl_norm_pix and ssl_decoder_depth are SimMIM settings; ssl={cfg.ssl} does not use them")
     return cfg.ssl
 
 
@@ -295,6 +297,16 @@ def simmim_loss(x: torch.Tensor, x_rec: torch.Tensor, pixel_mask: torch.Tensor) 
     return (rec * pixel_mask).sum() / (pixel_mask.sum() + 1e-5) / x.shape[1]
 
 
+def patch_normalized(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """(N, C, H, W) -> the same pixels with each ``patch`` x ``patch`` patch (all channels together) shifted and
+    scaled to mean 0 and unit (unbiased) variance, eps 1e-6 (MAE's ``norm_pix_loss`` target)."""
+    n, c, h, w = x.shape
+    t = x.reshape(n, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 1, 3, 5).reshape(
+        n, h // patch, w // patch, -1)
+    t = (t - t.mean(dim=-1, keepdim=True)) / (t.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
+    return t.reshape(n, h // patch, w // patch, c, patch, patch).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
+
+
 # -- the model ----------------------------------------------------------------------------------------------------
 
 def _full_precision(t: torch.Tensor):
@@ -381,12 +393,24 @@ class SSLModel(nn.Module):
         self.vit_patch = patch
         self.mask_token = nn.Parameter(torch.zeros(1, 1, vit.embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.decoder_blocks = None
+        if cfg.ssl_decoder_depth:
+            from timm.models.vision_transformer import Block
+            heads = vit.blocks[0].attn.num_heads if len(vit.blocks) else 1
+            self.decoder_blocks = nn.Sequential(*(Block(vit.embed_dim, heads, mlp_ratio=4.0, qkv_bias=True)
+                                                  for _ in range(cfg.ssl_decoder_depth)),
+                                                nn.LayerNorm(vit.embed_dim))
+            for m in self.decoder_blocks.modules():  # MAE's decoder initialization (xavier-uniform linears)
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_uniform_(m.weight)
+                    nn.init.zeros_(m.bias)
         self.decoder = nn.Sequential(nn.Conv2d(vit.embed_dim, patch * patch * 3, 1), nn.PixelShuffle(patch))
 
     def simmim_reconstruct(self, x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """Normalized pixels ``x`` (N, 3, H, W) and a (N, H/p, W/p) bool mask of ViT tokens -> the reconstruction:
         masked tokens' embeddings replaced by the mask token before position embedding and the blocks, a 1x1 conv
-        decoder and pixel shuffle back to (N, 3, H, W) (SimMIM)."""
+        decoder and pixel shuffle back to (N, 3, H, W) (SimMIM); with ``ssl_decoder_depth`` transformer blocks over
+        all tokens first (MAE's deeper decoder)."""
         vit = self.clf.model
         t = vit.patch_embed(x)  # (N, L, D)
         w = token_mask.flatten(1).unsqueeze(-1).to(t.dtype)
@@ -395,7 +419,10 @@ class SSLModel(nn.Module):
         t = vit.patch_drop(t)
         t = vit.norm_pre(t)
         t = vit.blocks(t)
-        t = vit.norm(t)[:, vit.num_prefix_tokens:]
+        t = vit.norm(t)
+        if self.decoder_blocks is not None:  # the class token takes part, so the encoder's last layer trains it too
+            t = self.decoder_blocks(t)
+        t = t[:, vit.num_prefix_tokens:]
         n, gh, gw = token_mask.shape
         z = t.transpose(1, 2).reshape(n, -1, gh, gw)
         return self.decoder(z)
@@ -410,7 +437,8 @@ class SSLModel(nn.Module):
         x_rec = self.simmim_reconstruct(x, token_mask)
         pixel_mask = token_mask.repeat_interleave(p, 1).repeat_interleave(p, 2).unsqueeze(1)
         with _full_precision(x_rec):
-            return simmim_loss(x.float(), x_rec.float(), pixel_mask.float())
+            target = patch_normalized(x.float(), p) if self.cfg.ssl_norm_pix else x.float()
+            return simmim_loss(target, x_rec.float(), pixel_mask.float())
 
     # -- the interface the training loop calls ------------------------------------------------------------------
     def forward(self, views: list[torch.Tensor], *, epoch: int, progress: float) -> torch.Tensor:
